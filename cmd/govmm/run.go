@@ -1,0 +1,140 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"govmm/boot"
+	"govmm/cmd/govmm/console"
+	"govmm/guest"
+	"govmm/vmm/machine"
+)
+
+// DefaultCmdline is what every guest gets before the user's --cmdline:
+//   - console=ttyS0: the kernel's console is the 16550A at 0x3f8;
+//   - panic=-1: a panic before pvpanic is loaded reboots at once, which ends
+//     govmm, instead of spinning forever;
+//   - pci=off: there is no PCI host bridge yet, so do not probe for one.
+const DefaultCmdline = "console=ttyS0 panic=-1 pci=off"
+
+type runOptions struct {
+	Kernel    string
+	Memory    uint64
+	CPUs      int
+	Initrd    string
+	Cmdline   string
+	Modules   string
+	Busybox   string
+	KVMDevice string
+}
+
+// run is `govmm run`, the boot sequence from a file name to a guest shell.
+// Each step is one call; read them in order.
+func run(o runOptions) error {
+	// 1. Read and check the kernel before touching KVM, so a wrong path or
+	//    a broken file is reported as such.
+	kernel, err := boot.LoadKernel(o.Kernel)
+	if err != nil {
+		return err
+	}
+
+	// 2. The initramfs: the user's, or govmm's default one built now.
+	initrd, err := loadInitrd(o, kernel)
+	if err != nil {
+		return err
+	}
+	if need := boot.MinMemory(kernel, len(initrd)); o.Memory < need {
+		return fmt.Errorf("--mem %dM is too small for this kernel and initrd: give at least --mem %dM", o.Memory>>20, (need+(1<<20)-1)>>20)
+	}
+
+	// 3. The machine: VM, RAM, interrupt controllers, devices, vCPUs.
+	m, err := machine.New(machine.Config{
+		MemoryBytes: o.Memory,
+		NumVCPUs:    o.CPUs,
+		SerialOut:   os.Stdout,
+		KVMDevice:   o.KVMDevice,
+	})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+
+	// 4. What firmware and a boot loader would do: ACPI tables, kernel,
+	//    initrd, command line, and the boot vCPU at the 64-bit entry point.
+	cmdline := strings.TrimSpace(DefaultCmdline + " " + o.Cmdline)
+	if err := m.LoadLinux(kernel, cmdline, initrd); err != nil {
+		return err
+	}
+
+	// 5. Attach the terminal: raw mode, escape keys, host signals.
+	restore, err := console.MakeRaw(os.Stdin)
+	if err != nil {
+		return err
+	}
+	defer restore()
+	con := console.New(os.Stdin, os.Stderr, m.Serial.InputWriter(), func() { m.Stop("Ctrl-A x") })
+	go con.Run()
+	stopOnSignals(m)
+
+	// 6. Run until the guest powers off, reboots, panics or crashes.
+	exit := m.Run()
+	restore()
+	return report(exit)
+}
+
+// loadInitrd reads --initrd or builds the default initramfs whose /init is
+// govmm itself (package guest).
+func loadInitrd(o runOptions, k *boot.Kernel) ([]byte, error) {
+	if o.Initrd != "" {
+		b, err := os.ReadFile(o.Initrd)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("initrd %s: no such file", o.Initrd)
+			}
+			return nil, fmt.Errorf("initrd: %w", err)
+		}
+		return b, nil
+	}
+	archive, warnings, err := guest.BuildInitramfs(guest.InitramfsOptions{
+		KernelVersion: k.Version,
+		ModulesDir:    o.Modules,
+		BusyboxPath:   o.Busybox,
+	})
+	for _, w := range warnings {
+		fmt.Fprintf(os.Stderr, "govmm: warning: %s\n", w)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("building the default initramfs: %w", err)
+	}
+	return archive, nil
+}
+
+// stopOnSignals ends the VM cleanly when govmm is interrupted or killed
+// politely, so the terminal is restored.
+func stopOnSignals(m *machine.Machine) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
+	go func() {
+		s := <-ch
+		m.Stop("signal " + s.String())
+	}()
+}
+
+// report turns the machine's exit into govmm's exit status: 0 when the
+// guest powered off or rebooted or the user quit, 2 with a crash report when
+// the guest died.
+func report(e machine.Exit) error {
+	if e.Clean() {
+		if e.Reason == machine.ExitReset {
+			fmt.Fprintln(os.Stderr, "govmm: guest rebooted; govmm does not restart guests, run it again")
+		}
+		return nil
+	}
+	fmt.Fprint(os.Stderr, "\r\n"+e.CrashReport())
+	return &exitError{code: 2, err: errors.New("")} // the report said it all
+}

@@ -1,0 +1,36 @@
+package guest
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestSplitCmdline(t *testing.T) {
+	got := SplitCmdline(`console=ttyS0  govmm.x="a b" quiet` + "\n" + `-- govmm.shell=/nope`)
+	want := []string{"console=ttyS0", "govmm.x=a b", "quiet"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("SplitCmdline = %q, want %q", got, want)
+	}
+}
+
+func TestParseCmdline(t *testing.T) {
+	got := ParseCmdline("BOOT_IMAGE=/vmlinuz govmm.shell=/bin/ash govmm.debug govmm.= govmm.shell=/bin/sh2 notgovmm.x=1 govmm.ip=10.0.0.2/24\n")
+	want := map[string]string{"shell": "/bin/sh2", "debug": "", "ip": "10.0.0.2/24"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("ParseCmdline = %v, want %v", got, want)
+	}
+}
+
+func TestOptionsFromCmdline(t *testing.T) {
+	opts, unknown := OptionsFromCmdline("console=ttyS0 govmm.console=hvc0 govmm.zz=1 govmm.aa")
+	if opts.Shell != DefaultShell || opts.Console != "/dev/hvc0" {
+		t.Errorf("opts = %+v", opts)
+	}
+	if !reflect.DeepEqual(unknown, []string{"govmm.aa", "govmm.zz"}) {
+		t.Errorf("unknown = %q", unknown)
+	}
+	opts, unknown = OptionsFromCmdline("govmm.shell=/bin/ash")
+	if opts.Shell != "/bin/ash" || opts.Console != "" || unknown != nil {
+		t.Errorf("opts = %+v, unknown = %q", opts, unknown)
+	}
+}

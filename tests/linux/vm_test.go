@@ -1,0 +1,233 @@
+package linux
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Timeouts. TCG is slow and irregular: a guest boot to the shell measured
+// about 10 s of wall time, so each limit leaves a wide margin.
+const (
+	bootTimeout    = 3 * time.Minute  // govmm started -> "shell ready"
+	replyTimeout   = 30 * time.Second // a typed command -> its output
+	exitTimeout    = 90 * time.Second // poweroff/reboot/panic -> govmm exits
+	badInputTimout = 60 * time.Second // govmm on bad input -> its error exit
+	shellReady     = "govmm guest: shell ready"
+)
+
+// env is what the test host's /init exports (see tests/testhost).
+type env struct {
+	govmm   string // GOVMM_BIN: static govmm binary
+	kernel  string // GOVMM_KERNEL: guest bzImage
+	modules string // GOVMM_MODULES: the guest kernel's /lib/modules/<kver>
+}
+
+// needEnv skips the test outside the test host.
+func needEnv(t *testing.T) env {
+	t.Helper()
+	e := env{os.Getenv("GOVMM_BIN"), os.Getenv("GOVMM_KERNEL"), os.Getenv("GOVMM_MODULES")}
+	if e.govmm == "" || e.kernel == "" || e.modules == "" {
+		t.Skip("needs GOVMM_BIN, GOVMM_KERNEL and GOVMM_MODULES, which the test host sets; " +
+			"run these tests with `go test ./tests/testhost -run TestLinuxInTestHost` " +
+			"or one by hand with `go run ./tests/testhost/cmd/testhost -run TestBootShell`")
+	}
+	return e
+}
+
+// kernelVersion is the guest kernel's release (uname -r), the name of its
+// modules directory.
+func (e env) kernelVersion() string { return filepath.Base(e.modules) }
+
+// vm is one running `govmm run`, driven through its stdin and stdout like a
+// person at the serial console.
+type vm struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	out    *console // guest serial console (govmm's stdout)
+	stderr *console
+	done   chan struct{} // closed when govmm has exited and output is drained
+	err    error         // cmd.Wait's result, valid after done
+}
+
+// bootGuest starts `govmm run` with the default initramfs and waits for the
+// guest's shell.
+func bootGuest(t *testing.T, e env) *vm {
+	t.Helper()
+	v := startGovmm(t, e.govmm, "run", "--modules", e.modules, e.kernel)
+	v.expect(shellReady, bootTimeout)
+	return v
+}
+
+func startGovmm(t *testing.T, bin string, args ...string) *vm {
+	t.Helper()
+	v := &vm{
+		t:      t,
+		cmd:    exec.Command(bin, args...),
+		out:    newConsole(t, "console"),
+		stderr: newConsole(t, "stderr"),
+		done:   make(chan struct{}),
+	}
+	var err error
+	if v.stdin, err = v.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	v.cmd.Stdout, v.cmd.Stderr = v.out, v.stderr
+	v.cmd.WaitDelay = 5 * time.Second
+	t.Logf("starting %s %s", bin, strings.Join(args, " "))
+	if err := v.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		v.err = v.cmd.Wait()
+		v.out.flush()
+		v.stderr.flush()
+		close(v.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-v.done:
+		default:
+			t.Log("killing govmm, still running at the end of the test")
+			v.cmd.Process.Kill()
+			<-v.done
+		}
+	})
+	return v
+}
+
+// typeLine sends line and a newline as keystrokes.
+func (v *vm) typeLine(line string) {
+	v.t.Helper()
+	if _, err := io.WriteString(v.stdin, line+"\n"); err != nil {
+		v.t.Fatalf("typing %q: %v", line, err)
+	}
+}
+
+// expect waits for s on the console after everything matched so far.
+func (v *vm) expect(s string, timeout time.Duration) {
+	v.t.Helper()
+	if err := v.out.expect(s, timeout, v.done); err != nil {
+		v.t.Fatalf("waiting for %q on the guest console: %v", s, err)
+	}
+}
+
+// wait waits for govmm to exit and returns its exit status.
+func (v *vm) wait(timeout time.Duration) int {
+	v.t.Helper()
+	select {
+	case <-v.done:
+	case <-time.After(timeout):
+		v.t.Fatalf("govmm still running %v after the guest was told to stop", timeout)
+	}
+	var exit *exec.ExitError
+	if errors.As(v.err, &exit) {
+		if !exit.Exited() {
+			v.t.Fatalf("govmm was killed: %v", v.err)
+		}
+		return exit.ExitCode()
+	}
+	if v.err != nil {
+		v.t.Fatalf("govmm: %v", v.err)
+	}
+	return 0
+}
+
+// console collects one output stream, logs it line by line as it arrives
+// (live with -test.v, and in the failure report otherwise) and lets a test
+// wait for text in it.
+type console struct {
+	t      *testing.T
+	prefix string
+
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	cursor  int           // expect searches from here
+	logged  int           // bytes of buf already logged
+	changed chan struct{} // closed and replaced on every write
+}
+
+func newConsole(t *testing.T, prefix string) *console {
+	return &console{t: t, prefix: prefix, changed: make(chan struct{})}
+}
+
+func (c *console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.buf.Write(p)
+	for {
+		rest := c.buf.Bytes()[c.logged:]
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			break
+		}
+		c.log(rest[:i])
+		c.logged += i + 1
+	}
+	close(c.changed)
+	c.changed = make(chan struct{})
+	return len(p), nil
+}
+
+// flush logs a last unterminated line (a shell prompt, say).
+func (c *console) flush() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if rest := c.buf.Bytes()[c.logged:]; len(rest) > 0 {
+		c.log(rest)
+		c.logged += len(rest)
+	}
+}
+
+func (c *console) log(line []byte) {
+	c.t.Logf("%s: %s", c.prefix, strings.TrimRight(string(line), "\r"))
+}
+
+func (c *console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.String()
+}
+
+// expect waits until s appears after the cursor, then moves the cursor past
+// it. It gives up at the timeout or when exited is closed (the process is
+// gone and no more output can come).
+func (c *console) expect(s string, timeout time.Duration, exited <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		c.mu.Lock()
+		i := bytes.Index(c.buf.Bytes()[c.cursor:], []byte(s))
+		if i >= 0 {
+			c.cursor += i + len(s)
+		}
+		changed := c.changed
+		c.mu.Unlock()
+		if i >= 0 {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-exited:
+			// One last look: output may have landed with the exit.
+			c.mu.Lock()
+			found := bytes.Contains(c.buf.Bytes()[c.cursor:], []byte(s))
+			c.mu.Unlock()
+			if found {
+				continue
+			}
+			return errors.New("govmm exited first")
+		case <-ctx.Done():
+			return errors.New("timed out after " + timeout.String())
+		}
+	}
+}

@@ -1,0 +1,120 @@
+// Command testhost runs govmm's Linux-booting scenarios by hand, in the
+// QEMU-TCG test host (or directly where /dev/kvm is hardware-backed), with
+// the console printed live. Run from anywhere inside the govmm module:
+//
+//	go run ./tests/testhost/cmd/testhost -run TestBootShell
+//	    build ./tests/linux and run `linux.test -test.v -test.run TestBootShell`
+//	go run ./tests/testhost/cmd/testhost
+//	    run every scenario in ./tests/linux
+//	go run ./tests/testhost/cmd/testhost -shell
+//	    an interactive shell in the test host; govmm is /bin/govmm and
+//	    `govmm run --modules $GOVMM_MODULES $GOVMM_KERNEL` boots the guest.
+//	    Ctrl-A x quits QEMU; Ctrl-A a sends Ctrl-A (so govmm's escape is
+//	    Ctrl-A a x); `exit` powers the test host off.
+//	go run ./tests/testhost/cmd/testhost -- PROGRAM [ARGS...]
+//	    run any static program (built with CGO_ENABLED=0) as the scenario.
+//
+// The exit status is the scenario's. See package tests/testhost for the
+// environment variables (GOVMM_CACHE, GOVMM_TESTHOST, GOVMM_TESTHOST_GOVMM).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"time"
+
+	"govmm/tests/testhost"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	runRE := flag.String("run", "", "run only the ./tests/linux scenarios matching this regexp (go test -run)")
+	shell := flag.Bool("shell", false, "interactive shell in the test host (after the scenario, if one is given with --)")
+	timeout := flag.Duration("timeout", 8*time.Minute, "time limit for the whole run")
+	logFile := flag.String("log", "", "also write the console to this file")
+	govmm := flag.String("govmm", "", "use this prebuilt static govmm instead of building ./cmd/govmm")
+	mem := flag.Int("mem", 2048, "test-host memory in MiB")
+	cpus := flag.Int("smp", 1, "test-host CPUs")
+	mode := flag.String("mode", "", "qemu or direct (default: $GOVMM_TESTHOST, else direct only on hardware KVM)")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: testhost [flags] [-- PROGRAM [ARGS...]]\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+
+	if *mode != "" {
+		os.Setenv("GOVMM_TESTHOST", *mode)
+	}
+	m, err := testhost.ModeFromEnv()
+	if err != nil {
+		return fail(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+
+	work, err := os.MkdirTemp("", "govmm-testhost-")
+	if err != nil {
+		return fail(err)
+	}
+	defer os.RemoveAll(work)
+
+	h, err := testhost.Prepare(ctx, testhost.Options{WorkDir: work, Log: os.Stderr, Mode: m, Govmm: *govmm})
+	if err != nil {
+		return fail(err)
+	}
+	s := testhost.Scenario{
+		Console:     os.Stdout,
+		Interactive: *shell,
+		Timeout:     *timeout,
+		Memory:      *mem,
+		CPUs:        *cpus,
+	}
+	if *shell {
+		s.Timeout = 24 * time.Hour
+	}
+	switch {
+	case flag.NArg() > 0:
+		s.Program, s.Args = flag.Arg(0), flag.Args()[1:]
+	case !*shell || *runRE != "":
+		if s.Program, err = h.BuildTest(ctx, "./tests/linux"); err != nil {
+			return fail(err)
+		}
+		// The tests' own limit comes first, so a hung test prints its
+		// goroutines before the test host is killed.
+		s.Args = []string{"-test.v", "-test.timeout", (*timeout * 9 / 10).String()}
+		if *runRE != "" {
+			s.Args = append(s.Args, "-test.run", *runRE)
+		}
+	}
+	if *logFile != "" {
+		f, err := os.Create(*logFile)
+		if err != nil {
+			return fail(err)
+		}
+		defer f.Close()
+		s.Console = io.MultiWriter(os.Stdout, f)
+	}
+
+	res, err := h.Run(ctx, s)
+	if err != nil {
+		return fail(err)
+	}
+	if *shell {
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "testhost: scenario exit status %d (test host ready after %.1fs, total %.1fs)\n",
+		res.Status, res.Ready.Seconds(), res.Duration.Seconds())
+	return res.Status
+}
+
+func fail(err error) int {
+	fmt.Fprintf(os.Stderr, "testhost: %v\n", err)
+	return 1
+}

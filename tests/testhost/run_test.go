@@ -1,0 +1,105 @@
+package testhost
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestLinuxInTestHost is the outer end-to-end test: it builds govmm and the
+// scenarios of ./tests/linux, boots the test host once and runs all the
+// scenarios in it (or directly, on hardware KVM). Set GOVMM_SKIP_TESTHOST=1
+// to leave it out of a quick unit-test run; a missing tool is a failure,
+// not a skip.
+func TestLinuxInTestHost(t *testing.T) {
+	if os.Getenv("GOVMM_SKIP_TESTHOST") == "1" {
+		t.Skip("GOVMM_SKIP_TESTHOST=1")
+	}
+	mode, err := ModeFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Leave room before go test's own deadline to report what happened.
+	ctx := context.Background()
+	limit := 8 * time.Minute
+	if d, ok := t.Deadline(); ok {
+		if left := time.Until(d) - 30*time.Second; left < limit {
+			limit = left
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+
+	logw := &lineLogger{t: t}
+	h, err := Prepare(ctx, Options{WorkDir: t.TempDir(), Log: logw, Mode: mode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog, err := h.BuildTest(ctx, "./tests/linux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The scenarios' own limit is shorter than ours, so a hung scenario
+	// still prints Go's goroutine dump through the console.
+	budget := time.Until(mustDeadline(ctx))
+	res, err := h.Run(ctx, Scenario{
+		Program: prog,
+		Args:    []string{"-test.v", "-test.timeout", (budget - 20*time.Second).String()},
+		Console: logw,
+		Timeout: budget,
+	})
+	logw.flush()
+	t.Logf("test host ready after %.1fs; whole run %.1fs (mode %s)", res.Ready.Seconds(), res.Duration.Seconds(), h.Mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Status != 0 {
+		t.Fatalf("tests/linux exited with status %d", res.Status)
+	}
+	if !regexp.MustCompile(`(?m)^PASS\r?$`).Match(res.Output) {
+		t.Fatal("tests/linux output has no PASS line")
+	}
+	if bytes.Contains(res.Output, []byte("--- SKIP")) {
+		t.Fatal("a scenario skipped inside the test host, where everything it needs is provided")
+	}
+}
+
+func mustDeadline(ctx context.Context) time.Time {
+	d, _ := ctx.Deadline()
+	return d
+}
+
+// lineLogger passes a byte stream to t.Logf line by line (live with -v).
+type lineLogger struct {
+	t   *testing.T
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (l *lineLogger) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		l.t.Log(strings.TrimRight(string(l.buf[:i]), "\r"))
+		l.buf = l.buf[i+1:]
+	}
+}
+
+func (l *lineLogger) flush() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.buf) > 0 {
+		l.t.Log(string(l.buf))
+		l.buf = nil
+	}
+}

@@ -1,0 +1,39 @@
+package vmm
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// This file is the only place in package vmm that uses unsafe. KVM's ioctls
+// take pointers to C structs; Go code everywhere else passes typed pointers
+// (*Regs, *Sregs, ...) and ioctlPtr turns them into the raw address the
+// kernel expects. The structs in kvm.go are laid out to match the C ones
+// exactly (kvm_test.go checks their sizes against the ioctl numbers).
+
+// ioctl issues an ioctl whose argument is a plain integer (or nothing).
+func ioctl(fd int, request uintptr, arg uintptr) (uintptr, error) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), request, arg)
+	if errno != 0 {
+		return r, errno
+	}
+	return r, nil
+}
+
+// ioctlPtr issues an ioctl whose argument is a pointer to a KVM struct. The
+// pointee stays alive for the duration of the call because it is referenced
+// by the argument (unsafe.Pointer rule 4: conversion in the call expression).
+func ioctlPtr[T any](fd int, request uintptr, arg *T) (uintptr, error) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), request, uintptr(unsafe.Pointer(arg)))
+	if errno != 0 {
+		return r, errno
+	}
+	return r, nil
+}
+
+// hostAddress is the host virtual address of the first byte of an mmap'd
+// region, as KVM_SET_USER_MEMORY_REGION wants it (userspace_addr).
+func hostAddress(b []byte) uint64 {
+	return uint64(uintptr(unsafe.Pointer(&b[0])))
+}

@@ -1,0 +1,14 @@
+// Package machine is govmm's board description: it assembles a KVM VM,
+// guest RAM, the in-kernel interrupt controllers and timer, the platform
+// devices and the vCPUs into a PC that a stock Linux kernel recognises, and
+// runs it until the guest powers off, reboots, panics or crashes.
+//
+// It is the only package that names every device and every address (see
+// layout.go); the vmm core below it knows only buses and exits, and the
+// devices know only their registers. Reading order: New (the machine comes to
+// life in five steps), LoadLinux (firmware's job: ACPI tables, then
+// boot.Load), Run and the Exit it returns (exit.go).
+//
+// Next: package boot for what LoadLinux writes into RAM, package devices for
+// what answers the guest on the buses.
+package machine

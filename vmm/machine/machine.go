@@ -1,0 +1,295 @@
+package machine
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"govmm/boot"
+	"govmm/boot/acpi"
+	"govmm/devices/acpipm"
+	"govmm/devices/i8042"
+	"govmm/devices/pvpanic"
+	"govmm/devices/serial"
+	"govmm/vmm"
+)
+
+// Config describes the machine to build.
+type Config struct {
+	MemoryBytes uint64    // guest RAM
+	NumVCPUs    int       // only 1 for now
+	SerialOut   io.Writer // where the guest's console output goes
+	KVMDevice   string    // default /dev/kvm
+}
+
+// Machine is a running PC: the KVM VM, its RAM, its devices and vCPUs.
+type Machine struct {
+	cfg Config
+	kvm *vmm.KVM
+	VM  *vmm.VM
+
+	Serial  *serial.UART
+	i8042   *i8042.Controller
+	power   *acpipm.PM
+	pvpanic *pvpanic.Device
+
+	stopOnce sync.Once
+	exitMu   sync.Mutex
+	exit     Exit
+}
+
+// New builds the machine, in the order a PC comes to life: a VM, its RAM,
+// the interrupt controllers and timer inside KVM, the devices on the buses,
+// and finally the vCPUs, which need the irqchip to exist first.
+func New(cfg Config) (*Machine, error) {
+	if cfg.NumVCPUs != 1 {
+		return nil, fmt.Errorf("--cpus %d: govmm runs one vCPU for now (SMP is a later issue)", cfg.NumVCPUs)
+	}
+	if cfg.KVMDevice == "" {
+		cfg.KVMDevice = vmm.DefaultDevice
+	}
+	m := &Machine{cfg: cfg}
+	steps := []struct {
+		what string
+		do   func() error
+	}{
+		{"opening KVM", m.openKVM},
+		{"allocating guest memory", m.allocateMemory},
+		{"creating interrupt controllers and timer", m.createIRQChipAndPIT},
+		{"attaching devices", m.attachDevices},
+		{"creating vCPUs", m.createVCPUs},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *Machine) openKVM() error {
+	k, err := vmm.OpenKVM(m.cfg.KVMDevice)
+	if err != nil {
+		return err
+	}
+	m.kvm = k
+	vm, err := k.CreateVM()
+	if err != nil {
+		return err
+	}
+	m.VM = vm
+	// Intel VMX needs these pages for real-mode support; they live in the
+	// MMIO hole just below the 4 GiB line, away from RAM and devices.
+	if err := vm.SetIdentityMapAddr(IdentityMapAddr); err != nil {
+		return err
+	}
+	return vm.SetTSSAddr(TSSAddr)
+}
+
+func (m *Machine) allocateMemory() error {
+	mem, err := vmm.NewGuestMemory(RAMLayout(m.cfg.MemoryBytes))
+	if err != nil {
+		return err
+	}
+	return m.VM.SetMemory(mem)
+}
+
+func (m *Machine) createIRQChipAndPIT() error {
+	if err := m.VM.CreateIRQChip(); err != nil {
+		return err
+	}
+	return m.VM.CreatePIT()
+}
+
+// attachDevices places the board's devices on the buses. The addresses are
+// the PC's traditional ones, which Linux probes without being told.
+func (m *Machine) attachDevices() error {
+	m.Serial = serial.New(m.cfg.SerialOut, m.VM.IRQ(COM1IRQ))
+	m.i8042 = i8042.New(i8042.HandlerFunc(func() { m.stop(Exit{Reason: ExitReset, Detail: "reset through the i8042 keyboard controller"}) }))
+	m.power = acpipm.New(acpipm.Funcs{
+		OnPowerOff: func() { m.stop(Exit{Reason: ExitPowerOff, Detail: "ACPI S5 (poweroff)"}) },
+		OnReset:    func() { m.stop(Exit{Reason: ExitReset, Detail: "ACPI reset register"}) },
+	})
+	m.pvpanic = pvpanic.New(pvpanic.Funcs{
+		OnPanicked: func() { m.stop(Exit{Reason: ExitPanic, Detail: "the guest kernel reported a panic through pvpanic"}) },
+	})
+	pio := m.VM.PIO
+	for _, d := range []struct {
+		base, size uint64
+		name       string
+		dev        vmm.Device
+	}{
+		{COM1Port, serial.RegisterCount, "serial (COM1)", m.Serial},
+		{i8042.DataPortAddr, 1, "i8042 data", m.i8042.Data()},
+		{i8042.CommandPortAddr, 1, "i8042 command", m.i8042.Command()},
+		{ACPIPMPort, acpipm.Size, "ACPI power management", m.power},
+		{PVPanicPort, 1, "pvpanic", m.pvpanic},
+	} {
+		if err := pio.Register(d.base, d.size, d.name, d.dev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Machine) createVCPUs() error {
+	supported, err := m.kvm.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	for id := 0; id < m.cfg.NumVCPUs; id++ {
+		v, err := m.VM.CreateVCPU(id)
+		if err != nil {
+			return err
+		}
+		tscKHz, _ := v.TSCKHz() // 0 if unknown: the timing leaf is then omitted
+		cpuid := vmm.GuestCPUID(supported, vmm.CPUIDConfig{
+			VCPUID: id, NumVCPUs: m.cfg.NumVCPUs, TSCKHz: tscKHz,
+			TSCDeadline: m.kvm.CheckExtension(vmm.CapTSCDeadlineTimer) > 0,
+		})
+		if err := v.SetCPUID(cpuid); err != nil {
+			return err
+		}
+		if err := v.SetMSRs(vmm.BootMSRs()); err != nil {
+			return err
+		}
+		if err := v.SetFPU(vmm.BootFPU()); err != nil {
+			return err
+		}
+		if err := v.SetupVirtualWire(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LoadLinux writes the ACPI tables and the kernel into RAM and points the
+// boot vCPU at the kernel's 64-bit entry point.
+func (m *Machine) LoadLinux(k *boot.Kernel, cmdline string, initrd []byte) error {
+	tables, err := acpi.Build(acpi.Config{
+		Base:        uint64(boot.ACPIAddr),
+		NumVCPUs:    m.cfg.NumVCPUs,
+		PVPanicPort: PVPanicPort,
+		PMBase:      ACPIPMPort,
+	})
+	if err != nil {
+		return fmt.Errorf("building ACPI tables: %w", err)
+	}
+	if _, err := m.VM.Memory.WriteAt(tables.Data, int64(boot.ACPIAddr)); err != nil {
+		return fmt.Errorf("writing ACPI tables: %w", err)
+	}
+	if _, err := boot.Load(m.VM.Memory, k, boot.Config{
+		Cmdline:  cmdline,
+		Initrd:   initrd,
+		ACPIRSDP: vmm.GPA(tables.RSDP),
+	}); err != nil {
+		return err
+	}
+	return boot.SetupBootVCPU(m.VM.VCPUs()[0])
+}
+
+// Run starts every vCPU on its own goroutine and blocks until the machine
+// stops: the guest powered off, reset, panicked or crashed, or Stop was
+// called. The first reason wins.
+func (m *Machine) Run() Exit {
+	vcpus := m.VM.VCPUs()
+	var wg sync.WaitGroup
+	for _, v := range vcpus {
+		wg.Add(1)
+		go func(v *vmm.VCPU) {
+			defer wg.Done()
+			info := v.Run()
+			m.vcpuStopped(v, info)
+		}(v)
+	}
+	wg.Wait()
+	m.exitMu.Lock()
+	defer m.exitMu.Unlock()
+	for _, v := range vcpus {
+		if info := v.Wait(); info != nil {
+			m.exit.CPUs = append(m.exit.CPUs, info.CPU)
+		}
+	}
+	return m.exit
+}
+
+// vcpuStopped turns a vCPU's own stop (a triple fault, an emulation
+// failure) into the machine's exit, and stops the other vCPUs.
+func (m *Machine) vcpuStopped(v *vmm.VCPU, info *vmm.StopInfo) {
+	e := Exit{VCPU: v.ID, Detail: info.Detail}
+	switch info.Reason {
+	case vmm.StopRequested:
+		m.stop(Exit{Reason: ExitQuit}) // no-op if a device already gave a reason
+		return
+	case vmm.StopTripleFault:
+		e.Reason = ExitCrash
+		e.Detail = "triple fault (KVM_EXIT_SHUTDOWN)"
+	case vmm.StopSystemEvent:
+		switch info.Event {
+		case vmm.SystemEventShutdown:
+			e.Reason = ExitPowerOff
+		case vmm.SystemEventReset:
+			e.Reason = ExitReset
+		default:
+			e.Reason = ExitCrash
+		}
+	default:
+		e.Reason = ExitCrash
+		e.Detail = info.Reason.String() + ": " + info.Detail
+	}
+	m.stop(e)
+}
+
+// stop records why the machine is stopping (first caller wins) and asks
+// every vCPU to stop. Device callbacks call it from a vCPU thread, so it
+// must not wait for vCPUs.
+func (m *Machine) stop(e Exit) {
+	m.stopOnce.Do(func() {
+		m.exitMu.Lock()
+		m.exit = e
+		m.exitMu.Unlock()
+		for _, v := range m.VM.VCPUs() {
+			v.Stop()
+		}
+	})
+}
+
+// Stop ends the machine from the host side (Ctrl-A x, a signal).
+func (m *Machine) Stop(detail string) { m.stop(Exit{Reason: ExitQuit, Detail: detail}) }
+
+// Pause parks every vCPU at an instruction boundary.
+func (m *Machine) Pause() error {
+	var errs []error
+	for _, v := range m.VM.VCPUs() {
+		if err := v.Pause(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Resume restarts paused vCPUs.
+func (m *Machine) Resume() {
+	for _, v := range m.VM.VCPUs() {
+		v.Resume()
+	}
+}
+
+// Close releases the VM, its memory and the devices' goroutines.
+func (m *Machine) Close() {
+	if m.Serial != nil {
+		m.Serial.Close()
+	}
+	if m.VM != nil {
+		mem := m.VM.Memory
+		m.VM.Close()
+		if mem != nil {
+			mem.Close()
+		}
+	}
+	if m.kvm != nil {
+		m.kvm.Close()
+	}
+}
