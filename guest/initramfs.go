@@ -350,8 +350,9 @@ func (b *builder) copyModules(opts InitramfsOptions, dir, release string, loadLi
 	if err != nil {
 		return fmt.Errorf("%s: %w", dir, err)
 	}
-	for _, name := range res.Missing {
-		b.warnf("module %s: not in %s/modules.dep nor built into the kernel; skipped", name, dir)
+	if len(res.Missing) > 0 {
+		b.warnf("%d of the guest's modules are neither in %s/modules.dep nor built into the kernel, so the guest will not have them: %s",
+			len(res.Missing), dir, strings.Join(res.Missing, ", "))
 	}
 
 	guestDir := path.Join("lib/modules", release)

@@ -28,6 +28,20 @@ type Bus struct {
 
 	mu     sync.RWMutex
 	ranges []busRange // sorted by base, never overlapping
+	trace  Tracer
+}
+
+// Tracer sees every access on a bus after it is served: the device name
+// ("" when no device claimed it), the address, the data and the direction.
+// `govmm run --trace-io` prints them, which is the quickest way to watch a
+// guest probe its hardware.
+type Tracer func(bus, device string, addr uint64, data []byte, write bool)
+
+// SetTracer installs t (nil removes it).
+func (b *Bus) SetTracer(t Tracer) {
+	b.mu.Lock()
+	b.trace = t
+	b.mu.Unlock()
 }
 
 type busRange struct {
@@ -59,15 +73,15 @@ func (b *Bus) Register(base, size uint64, name string, dev Device) error {
 	return nil
 }
 
-// find returns the range holding addr.
-func (b *Bus) find(addr uint64) (busRange, bool) {
+// find returns the range holding addr, and the tracer.
+func (b *Bus) find(addr uint64) (busRange, bool, Tracer) {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	i := sort.Search(len(b.ranges), func(i int) bool { return b.ranges[i].base+b.ranges[i].size > addr })
 	if i < len(b.ranges) && b.ranges[i].base <= addr {
-		return b.ranges[i], true
+		return b.ranges[i], true, b.trace
 	}
-	return busRange{}, false
+	return busRange{}, false, b.trace
 }
 
 // Read dispatches a guest read. An access that hits no device reads as all
@@ -75,26 +89,31 @@ func (b *Bus) find(addr uint64) (busRange, bool) {
 // legacy ports and expects exactly that); it reports false so the caller can
 // trace it.
 func (b *Bus) Read(addr uint64, data []byte) bool {
-	r, ok := b.find(addr)
-	if !ok {
+	r, ok, trace := b.find(addr)
+	if ok {
+		r.dev.Read(addr-r.base, data)
+	} else {
 		for i := range data {
 			data[i] = 0xff
 		}
-		return false
 	}
-	r.dev.Read(addr-r.base, data)
-	return true
+	if trace != nil {
+		trace(b.name, r.name, addr, data, false)
+	}
+	return ok
 }
 
 // Write dispatches a guest write; an unclaimed write is dropped and reports
 // false.
 func (b *Bus) Write(addr uint64, data []byte) bool {
-	r, ok := b.find(addr)
-	if !ok {
-		return false
+	r, ok, trace := b.find(addr)
+	if ok {
+		r.dev.Write(addr-r.base, data)
 	}
-	r.dev.Write(addr-r.base, data)
-	return true
+	if trace != nil {
+		trace(b.name, r.name, addr, data, true)
+	}
+	return ok
 }
 
 // Devices lists what is registered, for `govmm` diagnostics and tests.

@@ -70,6 +70,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "modules", Usage: "the guest kernel's /lib/modules/<version> directory (default: the host's)"},
 			&cli.StringFlag{Name: "busybox", Usage: "static busybox for the default initramfs (default: /bin/busybox)"},
 			&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device"},
+			&cli.StringFlag{Name: "trace-io", Usage: "log every port-I/O and MMIO access of the guest to this file"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -88,6 +89,7 @@ func runCommand() *cli.Command {
 				Modules:   c.String("modules"),
 				Busybox:   c.String("busybox"),
 				KVMDevice: c.String("kvm"),
+				TraceIO:   c.String("trace-io"),
 			})
 		},
 	}

@@ -17,10 +17,15 @@ import (
 
 // DefaultCmdline is what every guest gets before the user's --cmdline:
 //   - console=ttyS0: the kernel's console is the 16550A at 0x3f8;
+//   - reboot=acpi: reboot through the FADT reset register. Without it, a
+//     hardware-reduced ACPI platform makes Linux reboot through EFI, then
+//     the BIOS (arch/x86/kernel/reboot.c reboot_init, efi_reboot_required),
+//     and a VMM without firmware never sees the request: the vCPU jumps
+//     into the empty reset vector and spins;
 //   - panic=-1: a panic before pvpanic is loaded reboots at once, which ends
 //     govmm, instead of spinning forever;
 //   - pci=off: there is no PCI host bridge yet, so do not probe for one.
-const DefaultCmdline = "console=ttyS0 panic=-1 pci=off"
+const DefaultCmdline = "console=ttyS0 reboot=acpi panic=-1 pci=off"
 
 type runOptions struct {
 	Kernel    string
@@ -31,6 +36,7 @@ type runOptions struct {
 	Modules   string
 	Busybox   string
 	KVMDevice string
+	TraceIO   string
 }
 
 // run is `govmm run`, the boot sequence from a file name to a guest shell.
@@ -43,22 +49,35 @@ func run(o runOptions) error {
 		return err
 	}
 
-	// 2. The initramfs: the user's, or govmm's default one built now.
+	// 2. The initramfs: the user's, or govmm's default one built now. The
+	//    memory size is checked before and after, once the initrd is known.
+	if err := checkMemory(o.Memory, kernel, 0); err != nil {
+		return err
+	}
 	initrd, err := loadInitrd(o, kernel)
 	if err != nil {
 		return err
 	}
-	if need := boot.MinMemory(kernel, len(initrd)); o.Memory < need {
-		return fmt.Errorf("--mem %dM is too small for this kernel and initrd: give at least --mem %dM", o.Memory>>20, (need+(1<<20)-1)>>20)
+	if err := checkMemory(o.Memory, kernel, len(initrd)); err != nil {
+		return err
 	}
 
 	// 3. The machine: VM, RAM, interrupt controllers, devices, vCPUs.
-	m, err := machine.New(machine.Config{
+	cfg := machine.Config{
 		MemoryBytes: o.Memory,
 		NumVCPUs:    o.CPUs,
 		SerialOut:   os.Stdout,
 		KVMDevice:   o.KVMDevice,
-	})
+	}
+	if o.TraceIO != "" {
+		f, err := os.Create(o.TraceIO)
+		if err != nil {
+			return fmt.Errorf("--trace-io: %w", err)
+		}
+		defer f.Close()
+		cfg.TraceIO = f
+	}
+	m, err := machine.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -85,6 +104,15 @@ func run(o runOptions) error {
 	exit := m.Run()
 	restore()
 	return report(exit)
+}
+
+// checkMemory refuses a --mem the kernel cannot boot in, naming the least
+// that would do.
+func checkMemory(mem uint64, k *boot.Kernel, initrdSize int) error {
+	if need := boot.MinMemory(k, initrdSize); mem < need {
+		return fmt.Errorf("--mem %dM is too small for this kernel and initrd: give at least --mem %dM", mem>>20, (need+(1<<20)-1)>>20)
+	}
+	return nil
 }
 
 // loadInitrd reads --initrd or builds the default initramfs whose /init is

@@ -33,7 +33,16 @@ func TestKVMInTestHost(t *testing.T) {
 	if err != nil || v != kvmAPIVersion {
 		t.Fatalf("KVM_GET_API_VERSION = %d, %v; want %d", v, err, kvmAPIVersion)
 	}
-	vmfd, err := unix.IoctlRetInt(fd, kvmCreateVM)
+	// KVM_CREATE_VM can fail with EINTR when a signal (the Go runtime's
+	// preemption signal, say) arrives while it sets the VM up; retrying is
+	// the documented answer to EINTR (measured in the test host under load).
+	var vmfd int
+	for {
+		vmfd, err = unix.IoctlRetInt(fd, kvmCreateVM)
+		if err != unix.EINTR {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("KVM_CREATE_VM: %v", err)
 	}

@@ -318,3 +318,42 @@ func (h *Host) BuildTest(ctx context.Context, pkg string) (string, error) {
 	}
 	return out, nil
 }
+
+// HostTSCkHz estimates this machine's TSC frequency in kHz from the
+// "bogomips" of /proc/cpuinfo, or returns 0 if it cannot.
+//
+// Why: under TCG the test host's RDTSC reads the host's TSC (measured: the
+// test host detected 2596.14 MHz on a 2596.14 MHz host), and the test
+// host's kernel must calibrate it against the emulated PIT. When the host
+// is busy, the vCPU thread is descheduled mid-calibration, calibration
+// fails ("tsc: Unable to calibrate against PIT ... Marking TSC unstable due
+// to could not calculate TSC khz") and the boot stalls for good (measured:
+// 5 of 8 boots with both cores busy). Passing tsc_early_khz= skips the
+// calibration.
+//
+// On x86 the kernel derives loops_per_jiffy from tsc_khz (lpj_fine =
+// tsc_khz*1000/HZ, arch/x86/kernel/tsc.c) and prints bogomips as
+// lpj*HZ/500000 (init/calibrate.c), so tsc_khz = bogomips*500 within a few
+// kHz, precise enough for a boot clock.
+func HostTSCkHz() int {
+	cpuinfo, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(cpuinfo), "\n") {
+		key, val, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(key) != "bogomips" {
+			continue
+		}
+		var bogomips float64
+		if _, err := fmt.Sscanf(strings.TrimSpace(val), "%g", &bogomips); err != nil {
+			return 0
+		}
+		khz := int(bogomips * 500)
+		if khz < 500_000 || khz > 10_000_000 { // not a plausible TSC: don't guess
+			return 0
+		}
+		return khz
+	}
+	return 0
+}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -39,6 +40,9 @@ type Scenario struct {
 	// CPUs is the test host's CPU count; zero means 1 (measured faster
 	// than 2 for the boot-and-run-one-guest scenarios, see doc.go).
 	CPUs int
+	// KernelArgs are appended to the test host's kernel command line
+	// (e.g. "loglevel=7" to see its boot messages despite "quiet").
+	KernelArgs string
 }
 
 // Result is the outcome of Run.
@@ -147,6 +151,14 @@ func (h *Host) runQEMU(ctx context.Context, s Scenario) (Result, error) {
 	if cpus == 0 {
 		cpus = 1
 	}
+	// tsc_early_khz: see HostTSCkHz. tsc=reliable: the clocksource
+	// watchdog also misjudges the TSC when the host is busy and would
+	// switch the test host to jiffies; TCG's TSC is the host's, which is
+	// constant.
+	cmdline := "console=ttyS0 panic=-1 quiet"
+	if khz := HostTSCkHz(); khz != 0 {
+		cmdline += fmt.Sprintf(" tsc_early_khz=%d tsc=reliable", khz)
+	}
 	args := []string{
 		// microvm: no PCI, no firmware; QEMU loads the ELF vmlinux through
 		// its PVH note. rtc=on gives the kernel a wall clock.
@@ -157,7 +169,7 @@ func (h *Host) runQEMU(ctx context.Context, s Scenario) (Result, error) {
 		"-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
 		"-display", "none", "-no-reboot",
 		"-kernel", h.Vmlinux, "-initrd", initrd,
-		"-append", "console=ttyS0 panic=-1 quiet",
+		"-append", strings.TrimSpace(cmdline + " " + s.KernelArgs),
 	}
 	if s.Interactive {
 		// Multiplex the QEMU monitor on the terminal so Ctrl-A x always

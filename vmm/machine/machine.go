@@ -21,6 +21,7 @@ type Config struct {
 	NumVCPUs    int       // only 1 for now
 	SerialOut   io.Writer // where the guest's console output goes
 	KVMDevice   string    // default /dev/kvm
+	TraceIO     io.Writer // if set, every port-I/O and MMIO access is logged here
 }
 
 // Machine is a running PC: the KVM VM, its RAM, its devices and vCPUs.
@@ -130,6 +131,23 @@ func (m *Machine) attachDevices() error {
 		if err := pio.Register(d.base, d.size, d.name, d.dev); err != nil {
 			return err
 		}
+	}
+	if w := m.cfg.TraceIO; w != nil {
+		var mu sync.Mutex
+		trace := func(bus, dev string, addr uint64, data []byte, write bool) {
+			dir := "read "
+			if write {
+				dir = "write"
+			}
+			if dev == "" {
+				dev = "(no device)"
+			}
+			mu.Lock()
+			fmt.Fprintf(w, "govmm: %s %s %#x % x  %s\n", bus, dir, addr, data, dev)
+			mu.Unlock()
+		}
+		m.VM.PIO.SetTracer(trace)
+		m.VM.MMIO.SetTracer(trace)
 	}
 	return nil
 }

@@ -42,6 +42,7 @@ func run() int {
 	govmm := flag.String("govmm", "", "use this prebuilt static govmm instead of building ./cmd/govmm")
 	mem := flag.Int("mem", 2048, "test-host memory in MiB")
 	cpus := flag.Int("smp", 1, "test-host CPUs")
+	kargs := flag.String("append", "", "extra test-host kernel arguments (e.g. loglevel=7)")
 	mode := flag.String("mode", "", "qemu or direct (default: $GOVMM_TESTHOST, else direct only on hardware KVM)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: testhost [flags] [-- PROGRAM [ARGS...]]\n")
@@ -75,6 +76,7 @@ func run() int {
 		Timeout:     *timeout,
 		Memory:      *mem,
 		CPUs:        *cpus,
+		KernelArgs:  *kargs,
 	}
 	if *shell {
 		s.Timeout = 24 * time.Hour
