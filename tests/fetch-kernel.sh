@@ -95,8 +95,10 @@ kver=$(ls "$tmp/root/lib/modules" 2>/dev/null | head -n 1)
 "$depmod" -b "$tmp/root" "$kver" || die "depmod -b ... $kver failed"
 touch "$tmp/root/.complete"
 
-# Publish atomically so a concurrent or interrupted run never leaves a
-# half-unpacked root behind the final name.
-rm -rf "$root"
-mv "$tmp/root" "$root"
+# Publish with one rename so an interrupted run never leaves a half-unpacked
+# root behind the final name. If a concurrent run got there first, its copy
+# is complete and stays (ours is dropped with $tmp).
+if ! mv -T "$tmp/root" "$root" 2>/dev/null; then
+	[ -f "$root/.complete" ] || die "cannot move the unpacked kernel to $root"
+fi
 echo "$root"

@@ -49,11 +49,17 @@ func run(o runOptions) error {
 		return err
 	}
 
-	// 2. The initramfs: the user's, or govmm's default one built now. The
-	//    memory size is checked before and after, once the initrd is known.
-	if err := checkMemory(o.Memory, kernel, 0); err != nil {
+	// 2. The machine: VM, RAM, interrupt controllers, devices, vCPUs. It
+	//    comes before the initramfs so that a host without usable KVM is
+	//    told so at once.
+	m, err := newMachine(o, kernel)
+	if err != nil {
 		return err
 	}
+	defer m.Close()
+
+	// 3. The initramfs: the user's, or govmm's default one built now. The
+	//    memory size is checked again once the initrd's size is known.
 	initrd, err := loadInitrd(o, kernel)
 	if err != nil {
 		return err
@@ -61,27 +67,6 @@ func run(o runOptions) error {
 	if err := checkMemory(o.Memory, kernel, len(initrd)); err != nil {
 		return err
 	}
-
-	// 3. The machine: VM, RAM, interrupt controllers, devices, vCPUs.
-	cfg := machine.Config{
-		MemoryBytes: o.Memory,
-		NumVCPUs:    o.CPUs,
-		SerialOut:   os.Stdout,
-		KVMDevice:   o.KVMDevice,
-	}
-	if o.TraceIO != "" {
-		f, err := os.Create(o.TraceIO)
-		if err != nil {
-			return fmt.Errorf("--trace-io: %w", err)
-		}
-		defer f.Close()
-		cfg.TraceIO = f
-	}
-	m, err := machine.New(cfg)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
 
 	// 4. What firmware and a boot loader would do: ACPI tables, kernel,
 	//    initrd, command line, and the boot vCPU at the 64-bit entry point.
@@ -104,6 +89,27 @@ func run(o runOptions) error {
 	exit := m.Run()
 	restore()
 	return report(exit)
+}
+
+// newMachine builds the machine `govmm run` asked for.
+func newMachine(o runOptions, kernel *boot.Kernel) (*machine.Machine, error) {
+	if err := checkMemory(o.Memory, kernel, 0); err != nil {
+		return nil, err
+	}
+	cfg := machine.Config{
+		MemoryBytes: o.Memory,
+		NumVCPUs:    o.CPUs,
+		SerialOut:   os.Stdout,
+		KVMDevice:   o.KVMDevice,
+	}
+	if o.TraceIO != "" {
+		f, err := os.Create(o.TraceIO) // closed when govmm exits
+		if err != nil {
+			return nil, fmt.Errorf("--trace-io: %w", err)
+		}
+		cfg.TraceIO = f
+	}
+	return machine.New(cfg)
 }
 
 // checkMemory refuses a --mem the kernel cannot boot in, naming the least

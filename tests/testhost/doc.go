@@ -43,9 +43,13 @@
 // (`go run ./tests/testhost/cmd/testhost -run TestBootShell`) or gives an
 // interactive shell in the test host (`-shell`).
 //
-// Measured on the 2-core development machine: the test host reaches its
-// "ready" line about 2.2 s after QEMU starts with -smp 1 (2.6-3.4 s with
-// -smp 2, which is why 1 is the default).
+// Measured on the 2-core development machine (other work running beside):
+// the test host reaches its "ready" line 2.3-2.6 s after QEMU starts with
+// -smp 1 and 2.6-3.4 s with -smp 2, but the five scenarios of tests/linux
+// (three guest boots) take 50-55 s in all with -smp 2 against 77-87 s with
+// -smp 1, so 2 is the default. A guest boot to its shell takes 15-25 s of
+// wall time in the test host. The whole `go test` of TestLinuxInTestHost,
+// builds included, takes about 1-1.5 minutes.
 //
 // Read next: run.go (the QEMU command line and the exit marker), then
 // initramfs.go (/init), then package govmm/tests/linux (the scenarios).

@@ -1,0 +1,59 @@
+# govmm — see README.md. The two commands that matter:
+#   make run    boot Debian's cloud kernel to a shell on this terminal
+#   make test   every test: unit, KVM, and Linux boots in the test host
+
+GO      ?= go
+BIN     := bin/govmm
+# govmm is also the guest's /init, so it must be a static binary.
+export CGO_ENABLED := 0
+
+# Debian packages the project needs: the test host (QEMU, busybox-static,
+# lz4, cpio), the kernel fetcher (kmod for depmod) and ACPI table checks.
+DEBS := qemu-system-x86 busybox-static lz4 cpio kmod acpica-tools
+
+.PHONY: all build run test unit vet deps clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/govmm
+
+# deps installs the Debian packages that are missing (as root, or via sudo).
+deps:
+	@missing=""; for p in $(DEBS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+# run boots the default guest. Where /dev/kvm is hardware-backed, govmm
+# runs directly; on a PVM host (see tests/testhost) it runs inside the
+# QEMU-TCG test host, with the same console.
+run: deps build
+	@K=$$(tests/fetch-kernel.sh cloud) && \
+	if $(GO) run ./tests/testhost/cmd/testhost -can-run-direct 2>/dev/null; then \
+		exec $(BIN) run --modules $$K/lib/modules/* $$K/boot/vmlinuz-*; \
+	else \
+		echo "govmm: this /dev/kvm cannot boot Linux (PVM); booting inside the QEMU-TCG test host"; \
+		exec $(GO) run ./tests/testhost/cmd/testhost -guest; \
+	fi
+
+vet:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+# unit runs everything that needs neither QEMU nor a downloaded kernel.
+unit:
+	GOVMM_SKIP_TESTHOST=1 $(GO) test ./...
+
+# test is what CI runs: vet, then every test, including the Linux boots in
+# the test host (tests/testhost) and the real-kernel parsing test.
+test: deps vet
+	K=$$(tests/fetch-kernel.sh cloud) && \
+	GOVMM_TEST_KERNEL=$$(ls $$K/boot/vmlinuz-*) $(GO) test -count=1 -timeout 45m ./...
+
+clean:
+	rm -rf bin
