@@ -7,9 +7,9 @@ BIN     := bin/govmm
 # govmm is also the guest's /init, so it must be a static binary.
 export CGO_ENABLED := 0
 
-# Debian packages the project needs: the test host (QEMU, busybox-static,
-# lz4, cpio), the kernel fetcher (kmod for depmod) and ACPI table checks.
-DEBS := qemu-system-x86 busybox-static lz4 cpio kmod acpica-tools
+# Debian packages the project needs: the test host (QEMU, busybox-static),
+# the kernel fetcher (kmod, for depmod) and the ACPI table checks (iasl).
+DEBS := qemu-system-x86 busybox-static kmod acpica-tools
 
 .PHONY: all build run test unit vet deps clean
 

@@ -13,23 +13,50 @@ import (
 // exactly (kvm_test.go checks their sizes against the ioctl numbers).
 
 // ioctl issues an ioctl whose argument is a plain integer (or nothing).
+//
+// Setup ioctls such as KVM_CREATE_VM can fail with EINTR when a signal
+// arrives (Go's runtime sends them for goroutine preemption); they are
+// simply retried. KVM_RUN is the exception: its EINTR is how a vCPU is
+// kicked, so it goes through runOnce instead.
 func ioctl(fd int, request uintptr, arg uintptr) (uintptr, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), request, arg)
-	if errno != 0 {
-		return r, errno
+	for {
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), request, arg)
+		switch errno {
+		case 0:
+			return r, nil
+		case unix.EINTR:
+			continue
+		default:
+			return r, errno
+		}
 	}
-	return r, nil
 }
 
-// ioctlPtr issues an ioctl whose argument is a pointer to a KVM struct. The
-// pointee stays alive for the duration of the call because it is referenced
-// by the argument (unsafe.Pointer rule 4: conversion in the call expression).
-func ioctlPtr[T any](fd int, request uintptr, arg *T) (uintptr, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), request, uintptr(unsafe.Pointer(arg)))
+// runOnce issues KVM_RUN once, returning EINTR to the caller.
+func runOnce(fd int) error {
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmRun, 0)
 	if errno != 0 {
-		return r, errno
+		return errno
 	}
-	return r, nil
+	return nil
+}
+
+// ioctlPtr issues an ioctl whose argument is a pointer to a KVM struct,
+// retrying on EINTR like ioctl. The pointee stays alive for the duration of
+// the call because it is referenced by the argument (unsafe.Pointer rule 4:
+// conversion in the call expression).
+func ioctlPtr[T any](fd int, request uintptr, arg *T) (uintptr, error) {
+	for {
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), request, uintptr(unsafe.Pointer(arg)))
+		switch errno {
+		case 0:
+			return r, nil
+		case unix.EINTR:
+			continue
+		default:
+			return r, errno
+		}
+	}
 }
 
 // hostAddress is the host virtual address of the first byte of an mmap'd

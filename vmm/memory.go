@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,6 +40,11 @@ func (r MemoryRegion) End() GPA { return r.Start + GPA(r.Size) }
 type GuestMemory struct {
 	backing []byte
 	regions []MemoryRegion
+
+	// The VMM's own dirty log (dirty.go): KVM logs only the guest's
+	// writes, so writes the VMM makes are recorded here while tracking.
+	tracking atomic.Bool
+	vmmDirty [][]atomic.Uint64 // per region, one bit per page
 }
 
 // NewGuestMemory maps RAM for the given regions, which must be page-aligned,
@@ -91,7 +97,9 @@ func (m *GuestMemory) Size() uint64 { return uint64(len(m.backing)) }
 
 // Slice returns the host bytes backing [gpa, gpa+n). It fails unless the
 // whole range is RAM inside a single region. This is the one bounds check all
-// guest-memory access in govmm goes through.
+// guest-memory access in govmm goes through. Code that writes guest RAM
+// through the returned slice must call MarkDirty afterwards, or live
+// migration may miss the write (dirty.go).
 //
 // UNTRUSTED: gpa and n often come from the guest; the checks below are
 // written to be overflow-safe for any 64-bit values.
@@ -129,7 +137,9 @@ func (m *GuestMemory) WriteAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return copy(b, p), nil
+	n := copy(b, p)
+	m.MarkDirty(GPA(off), uint64(n)) // after the copy: see MarkDirty
+	return n, nil
 }
 
 var (

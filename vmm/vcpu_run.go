@@ -82,7 +82,7 @@ func (v *VCPU) Run() *StopInfo {
 		if info := v.waitToRun(); info != nil {
 			return v.finish(info)
 		}
-		_, err := ioctl(v.fd, kvmRun, 0)
+		err := runOnce(v.fd)
 		v.pendingCompletion = false
 		if err != nil {
 			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
@@ -112,7 +112,7 @@ func (v *VCPU) waitToRun() *StopInfo {
 				// return EINTR right after completing it.
 				v.run[runImmediateExit] = 1
 				v.mu.Unlock()
-				ioctl(v.fd, kvmRun, 0)
+				runOnce(v.fd)
 				v.mu.Lock()
 				v.pendingCompletion = false
 				continue

@@ -19,6 +19,8 @@ type VM struct {
 	MMIO   *Bus // guest-physical addresses not backed by RAM (KVM_EXIT_MMIO)
 
 	vcpus []*VCPU
+
+	dirty dirtyLogState // dirty.go: KVM dirty logging for live migration
 }
 
 // Close releases the VM. vCPUs must have stopped.

@@ -114,7 +114,7 @@ func TestBadInputs(t *testing.T) {
 		{"1M of memory", []string{"run", "--mem", "1M", e.kernel}, []string{"mem", "1M"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), badInputTimout)
+			ctx, cancel := context.WithTimeout(context.Background(), badInputTimeout)
 			defer cancel()
 			var stdout, stderr bytes.Buffer
 			cmd := exec.CommandContext(ctx, e.govmm, tc.args...)
@@ -122,7 +122,7 @@ func TestBadInputs(t *testing.T) {
 			err := cmd.Run()
 			t.Logf("govmm %s: %v\nstdout: %q\nstderr: %q", strings.Join(tc.args, " "), err, stdout.String(), stderr.String())
 			if ctx.Err() != nil {
-				t.Fatalf("govmm did not exit within %v", badInputTimout)
+				t.Fatalf("govmm did not exit within %v", badInputTimeout)
 			}
 			var exit *exec.ExitError
 			if !errors.As(err, &exit) || exit.ExitCode() != 1 {

@@ -14,14 +14,15 @@ import (
 	"time"
 )
 
-// Timeouts. TCG is slow and irregular: a guest boot to the shell measured
-// about 10 s of wall time, so each limit leaves a wide margin.
+// Timeouts. TCG is slow and irregular: a guest boot to the shell took
+// 15-30 s of wall time in the test host (longer when the machine is busy),
+// so each limit leaves a wide margin.
 const (
-	bootTimeout    = 3 * time.Minute  // govmm started -> "shell ready"
-	replyTimeout   = 30 * time.Second // a typed command -> its output
-	exitTimeout    = 90 * time.Second // poweroff/reboot/panic -> govmm exits
-	badInputTimout = 60 * time.Second // govmm on bad input -> its error exit
-	shellReady     = "govmm guest: shell ready"
+	bootTimeout     = 3 * time.Minute  // govmm started -> "shell ready"
+	replyTimeout    = 30 * time.Second // a typed command -> its output
+	exitTimeout     = 90 * time.Second // poweroff/reboot/panic -> govmm exits
+	badInputTimeout = 60 * time.Second // govmm on bad input -> its error exit
+	shellReady      = "govmm guest: shell ready"
 )
 
 // env is what the test host's /init exports (see tests/testhost).

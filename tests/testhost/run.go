@@ -35,6 +35,12 @@ type Scenario struct {
 	// it). The console is not captured and Result.Status is not known.
 	// In Direct mode the terminal goes to Program (default /bin/sh).
 	Interactive bool
+	// Guest runs `govmm run` on the guest kernel with this process's
+	// terminal as the guest's console: what `make run` does on a machine
+	// whose /dev/kvm cannot boot Linux. Ctrl-A keys go to govmm (QEMU's
+	// console is not multiplexed), and the test host powers off when
+	// govmm exits.
+	Guest bool
 	// Timeout bounds the whole run (boot included); zero means 8 minutes.
 	Timeout time.Duration
 	// Memory is the test host's RAM in MiB; zero means 2048.
@@ -84,11 +90,14 @@ func (h *Host) Run(ctx context.Context, s Scenario) (Result, error) {
 // /dev/kvm is hardware-backed: there the guest boots without a test host.
 func (h *Host) runDirect(ctx context.Context, s Scenario) (Result, error) {
 	var res Result
-	prog := s.Program
+	prog, args := s.Program, s.Args
 	if prog == "" {
 		prog = "/bin/sh"
 	}
-	cmd := exec.CommandContext(ctx, prog, s.Args...)
+	if s.Guest {
+		prog, args = h.Govmm, []string{"run", "--modules", h.Kernel.ModulesDir, h.Kernel.BzImage}
+	}
+	cmd := exec.CommandContext(ctx, prog, args...)
 	cmd.Env = append(os.Environ(),
 		"GOVMM_BIN="+h.Govmm,
 		"GOVMM_KERNEL="+h.Kernel.BzImage,
@@ -96,7 +105,7 @@ func (h *Host) runDirect(ctx context.Context, s Scenario) (Result, error) {
 	)
 	cmd.WaitDelay = 5 * time.Second
 	var out lockedBuffer
-	if s.Interactive {
+	if s.Interactive || s.Guest {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	} else {
 		w := io.MultiWriter(&out, s.Console)
@@ -128,6 +137,9 @@ func (h *Host) runQEMU(ctx context.Context, s Scenario) (Result, error) {
 		inHost := path.Join(scenarioDir, filepath.Base(s.Program))
 		extra[inHost] = s.Program
 		command = append([]string{inHost}, s.Args...)
+	}
+	if s.Guest {
+		command = []string{"sh", "-c", `setsid cttyhack govmm run --modules "$GOVMM_MODULES" "$GOVMM_KERNEL"`}
 	}
 	if s.Interactive {
 		// The scenario (if any) runs first, then a shell with the console
@@ -174,7 +186,12 @@ func (h *Host) runQEMU(ctx context.Context, s Scenario) (Result, error) {
 		"-kernel", h.Vmlinux, "-initrd", initrd,
 		"-append", strings.TrimSpace(cmdline + " " + s.KernelArgs),
 	}
-	if s.Interactive {
+	if s.Guest {
+		// The whole terminal belongs to govmm: no QEMU monitor and no
+		// escape character, so Ctrl-A reaches govmm's console and Ctrl-C
+		// the guest.
+		args = append(args, "-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con", "-monitor", "none")
+	} else if s.Interactive {
 		// Multiplex the QEMU monitor on the terminal so Ctrl-A x always
 		// quits; Ctrl-A a sends a literal Ctrl-A (govmm's own escape).
 		// signal=off: Ctrl-C goes to the test host, not to QEMU.
@@ -189,7 +206,7 @@ func (h *Host) runQEMU(ctx context.Context, s Scenario) (Result, error) {
 	var out lockedBuffer
 	start := time.Now()
 	ready := make(chan struct{})
-	if s.Interactive {
+	if s.Interactive || s.Guest {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	} else {
 		rw := &readyWatcher{buf: &out, ready: ready}
@@ -210,7 +227,7 @@ func (h *Host) runQEMU(ctx context.Context, s Scenario) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("%s: %w", qemuBinary, err)
 	}
-	if s.Interactive {
+	if s.Interactive || s.Guest {
 		return res, nil
 	}
 	m := exitRE.FindAllSubmatch(res.Output, -1)

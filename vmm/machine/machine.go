@@ -244,6 +244,13 @@ func (m *Machine) vcpuStopped(v *vmm.VCPU, info *vmm.StopInfo) {
 	case vmm.StopTripleFault:
 		e.Reason = ExitCrash
 		e.Detail = "triple fault (KVM_EXIT_SHUTDOWN)"
+		if c := info.CPU; c.Valid && c.Regs.RIP == 0xfff0 && c.Sregs.CS.Selector == 0xf000 {
+			// AMD's KVM re-initialises the vCPU on a shutdown intercept
+			// (svm.c shutdown_interception: "VMCB is undefined after a
+			// SHUTDOWN intercept"), so the registers below are the reset
+			// state, not the faulting one.
+			e.Detail += "; the registers below are the CPU's reset state (KVM on AMD re-initialises a vCPU that triple-faults); the guest's console shows what it was doing"
+		}
 	case vmm.StopSystemEvent:
 		switch info.Event {
 		case vmm.SystemEventShutdown:

@@ -11,6 +11,11 @@
 //	    `govmm run --modules $GOVMM_MODULES $GOVMM_KERNEL` boots the guest.
 //	    Ctrl-A x quits QEMU; Ctrl-A a sends Ctrl-A (so govmm's escape is
 //	    Ctrl-A a x); `exit` powers the test host off.
+//	go run ./tests/testhost/cmd/testhost -guest
+//	    boot the guest with govmm, its console on this terminal (what
+//	    `make run` does where /dev/kvm cannot boot Linux); Ctrl-A x quits.
+//	go run ./tests/testhost/cmd/testhost -can-run-direct
+//	    exit 0 if this machine's /dev/kvm boots Linux itself (no test host).
 //	go run ./tests/testhost/cmd/testhost -- PROGRAM [ARGS...]
 //	    run any static program (built with CGO_ENABLED=0) as the scenario.
 //
@@ -36,6 +41,8 @@ func main() {
 
 func run() int {
 	runRE := flag.String("run", "", "run only the ./tests/linux scenarios matching this regexp (go test -run)")
+	guest := flag.Bool("guest", false, "boot the guest with govmm on this terminal (make run on a PVM host)")
+	canDirect := flag.Bool("can-run-direct", false, "exit 0 if /dev/kvm here can boot Linux without the test host, 1 if not")
 	shell := flag.Bool("shell", false, "interactive shell in the test host (after the scenario, if one is given with --)")
 	timeout := flag.Duration("timeout", 8*time.Minute, "time limit for the whole run")
 	logFile := flag.String("log", "", "also write the console to this file")
@@ -50,6 +57,12 @@ func run() int {
 	}
 	flag.Parse()
 
+	if *canDirect {
+		if testhost.HardwareKVM() {
+			return 0
+		}
+		return 1
+	}
 	if *mode != "" {
 		os.Setenv("GOVMM_TESTHOST", *mode)
 	}
@@ -73,15 +86,17 @@ func run() int {
 	s := testhost.Scenario{
 		Console:     os.Stdout,
 		Interactive: *shell,
+		Guest:       *guest,
 		Timeout:     *timeout,
 		Memory:      *mem,
 		CPUs:        *cpus,
 		KernelArgs:  *kargs,
 	}
-	if *shell {
+	if *shell || *guest {
 		s.Timeout = 24 * time.Hour
 	}
 	switch {
+	case *guest:
 	case flag.NArg() > 0:
 		s.Program, s.Args = flag.Arg(0), flag.Args()[1:]
 	case !*shell || *runRE != "":
@@ -108,7 +123,7 @@ func run() int {
 	if err != nil {
 		return fail(err)
 	}
-	if *shell {
+	if *shell || *guest {
 		return 0
 	}
 	if h.Mode == testhost.QEMU {
