@@ -21,24 +21,10 @@ import (
 func ioctl(fd int, request uintptr, arg uintptr) (uintptr, error) {
 	for {
 		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), request, arg)
-		switch errno {
-		case 0:
-			return r, nil
-		case unix.EINTR:
-			continue
-		default:
-			return r, errno
+		if errno != unix.EINTR {
+			return r, errnoErr(errno)
 		}
 	}
-}
-
-// runOnce issues KVM_RUN once, returning EINTR to the caller.
-func runOnce(fd int) error {
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmRun, 0)
-	if errno != 0 {
-		return errno
-	}
-	return nil
 }
 
 // ioctlPtr issues an ioctl whose argument is a pointer to a KVM struct,
@@ -48,15 +34,24 @@ func runOnce(fd int) error {
 func ioctlPtr[T any](fd int, request uintptr, arg *T) (uintptr, error) {
 	for {
 		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), request, uintptr(unsafe.Pointer(arg)))
-		switch errno {
-		case 0:
-			return r, nil
-		case unix.EINTR:
-			continue
-		default:
-			return r, errno
+		if errno != unix.EINTR {
+			return r, errnoErr(errno)
 		}
 	}
+}
+
+// runOnce issues KVM_RUN once, returning EINTR to the caller.
+func runOnce(fd int) error {
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmRun, 0)
+	return errnoErr(errno)
+}
+
+// errnoErr turns a raw errno into an error, nil for 0.
+func errnoErr(e unix.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
 }
 
 // hostAddress is the host virtual address of the first byte of an mmap'd
