@@ -25,6 +25,7 @@ type Source interface {
 	// while migrating.
 	StopDirtyTracking() error
 	// Pause parks all vCPUs and quiesces devices, with in-flight I/O done.
+	// If it fails, Send still calls Resume, to restart whatever it parked.
 	Pause() error
 	// Resume runs the VM on the source again after a failed migration.
 	Resume() error
@@ -177,7 +178,8 @@ func (o Options) withDefaults() (Options, error) {
 // ReceiveOptions tune Receive.
 type ReceiveOptions struct {
 	// MaxMemory is the most guest RAM the destination accepts, in bytes
-	// (0: 1 TiB). The Target may refuse less.
+	// (0: 1 TiB). The Target may refuse less. Receive keeps one bit per
+	// page of the announced layout (32 MiB for 1 TiB).
 	MaxMemory uint64
 	// MaxStateSize bounds the state blob (0: 16 MiB).
 	MaxStateSize int

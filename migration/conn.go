@@ -30,16 +30,35 @@ func newGuard(conn any, timeout time.Duration) *guard {
 }
 
 // armWrite bounds the next write by the timeout (real time).
-func (g *guard) armWrite() {
+func (g *guard) armWrite() { g.armWriteFor(g.timeout) }
+
+// armWriteFor bounds the next write by d.
+func (g *guard) armWriteFor(d time.Duration) {
 	if g.d == nil {
 		return
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !g.interrupted {
-		g.d.SetWriteDeadline(time.Now().Add(g.timeout))
+		g.d.SetWriteDeadline(time.Now().Add(d))
 	}
 }
+
+// armRead bounds the next read and write by the timeout.
+func (g *guard) armRead() {
+	if g.d == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.interrupted {
+		g.d.SetDeadline(time.Now().Add(g.timeout))
+	}
+}
+
+// errorGrace bounds the best-effort Error message a failing side sends: a
+// peer that stopped reading must not delay the rollback.
+const errorGrace = 2 * time.Second
 
 // interrupt makes every pending and future Read and Write fail at once.
 func (g *guard) interrupt() {

@@ -34,7 +34,8 @@ type sender struct {
 	toSend   bitmap // pages this round must send
 	pending  bitmap // pages dirtied since this round began
 	replies  chan reply
-	done     chan struct{}
+	done     chan struct{}          // closed when Send returns
+	exited   chan struct{}          // closed when readReplies returns
 	peerErr  atomic.Pointer[string] // an Error message from the destination
 	report   *Report
 	limit    float64 // this round's rate limit in bytes/s, 0 = none
@@ -45,7 +46,8 @@ type sender struct {
 
 // Send migrates src over conn: the live pre-copy rounds, then the
 // stop-and-copy round, then the commit (see doc.go). progress, if not nil,
-// is called after every round on Send's goroutine. conn should be a
+// is called after every round, the final one included, on Send's
+// goroutine; it should return quickly (the guest may be paused). conn should be a
 // net.Conn (or anything with SetDeadline) so that timeouts and ctx can
 // interrupt blocked I/O; Send does not close it.
 //
@@ -53,7 +55,7 @@ type sender struct {
 // On failure the VM runs on the source (Send resumed it if it had paused
 // it), except when the error wraps ErrOutcomeUnknown: then it is paused on
 // the source and may run on the destination. The Report is filled as far as
-// the migration got.
+// the migration got; it is nil only when opts are invalid.
 func Send(ctx context.Context, conn io.ReadWriter, src Source, opts Options, progress func(Round)) (*Report, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
@@ -67,6 +69,7 @@ func Send(ctx context.Context, conn io.ReadWriter, src Source, opts Options, pro
 		fw:      frameWriter{w: conn, buf: make([]byte, 0, frameHeader+4+MaxBatchPages*(pageEntryHdr+PageSize)+frameTrailer)},
 		replies: make(chan reply, 1),
 		done:    make(chan struct{}),
+		exited:  make(chan struct{}),
 		report:  &Report{},
 	}
 	start := o.Clock.Now()
@@ -102,6 +105,7 @@ func (s *sender) run(ctx context.Context, layout []Region, progress func(Round))
 	// checks the layout and allocates memory before any page is sent.
 	s.guard.armWrite()
 	if _, err := s.conn.Write(preamble()); err != nil {
+		s.fw.broken = true
 		return s.abort(ctx, fmt.Errorf("sending the stream header: %w", err))
 	}
 	s.fw.n += uint64(len(magic) + 4)
@@ -153,10 +157,10 @@ func (s *sender) run(ctx context.Context, layout []Region, progress func(Round))
 	// and saving devices may write guest RAM (virtio used rings), and the
 	// final pass after the snapshot catches that (a Cloud Hypervisor lesson).
 	pausedAt := s.o.Clock.Now()
+	s.paused = true // also if Pause fails part-way: abort resumes what it parked
 	if err := s.src.Pause(); err != nil {
 		return s.abort(ctx, fmt.Errorf("pausing the VM: %w", err))
 	}
-	s.paused = true
 	blob, err := s.src.SaveState()
 	if err != nil {
 		return s.abort(ctx, fmt.Errorf("saving the machine state: %w", err))
@@ -218,6 +222,13 @@ func (s *sender) sendRound(ctx context.Context, number int, final bool) (Round, 
 	wireStart := s.fw.n
 	var entries uint64
 	batch := 0
+	// A batch is written whole before the pacer sleeps, so at low limits
+	// batches shrink to about 100 ms of the limit: the stream stays smooth
+	// and the destination's per-message timeout is never at risk.
+	batchMax := MaxBatchPages
+	if !final && s.limit > 0 {
+		batchMax = int(min(max(s.limit/10/(PageSize+pageEntryHdr), 1), MaxBatchPages))
+	}
 	flush := func() error {
 		if batch == 0 {
 			return nil
@@ -269,7 +280,7 @@ func (s *sender) sendRound(ctx context.Context, number int, final bool) (Round, 
 		}
 		entries++
 		batch++
-		if batch == MaxBatchPages {
+		if batch == batchMax {
 			if err := flush(); err != nil {
 				return r, err
 			}
@@ -297,8 +308,10 @@ func (s *sender) sendRound(ctx context.Context, number int, final bool) (Round, 
 	}
 	r.Bandwidth = float64(r.Bytes) / secs
 	r.DirtyRate = float64(r.PagesDirtied*PageSize) / secs
-	remaining := float64(r.PagesDirtied*(pageEntryHdr+PageSize) + stateEstimate)
-	r.EstimatedDowntime = time.Duration(remaining / r.Bandwidth * float64(time.Second))
+	if !final {
+		remaining := float64(r.PagesDirtied*(pageEntryHdr+PageSize) + stateEstimate)
+		r.EstimatedDowntime = time.Duration(remaining / r.Bandwidth * float64(time.Second))
+	}
 	return r, nil
 }
 
@@ -386,6 +399,7 @@ func (fw *frameWriter) writeMsgArmed(g *guard, t msgType, payload []byte) (int, 
 // Error from the destination is seen even while Send is blocked writing to
 // a destination that stopped reading.
 func (s *sender) readReplies() {
+	defer close(s.exited)
 	fr := frameReader{r: s.conn, maxState: 0}
 	for {
 		t, p, err := fr.readFrame()
@@ -411,6 +425,15 @@ func (s *sender) readReplies() {
 // goroutine ends when the caller closes conn.
 func (s *sender) stopReader() {
 	close(s.done)
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	if s.guard.d != nil {
+		s.guard.interrupt()
+		<-s.exited
+	}
 }
 
 // peerFailed reports, without blocking, an Error or a broken connection
@@ -475,7 +498,7 @@ func (s *sender) cause(ctx context.Context, err error) error {
 func (s *sender) abort(ctx context.Context, cause error) error {
 	cause = s.cause(ctx, cause)
 	if s.peerErr.Load() == nil {
-		s.guard.armWrite()
+		s.guard.armWriteFor(errorGrace)
 		s.fw.writeError(fmt.Errorf("source aborted: %v", cause))
 	}
 	var errs []error

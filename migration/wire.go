@@ -142,6 +142,9 @@ type frameWriter struct {
 	w   io.Writer
 	buf []byte
 	n   uint64 // bytes written so far (the report's wire bytes)
+	// broken is set when a write fails: part of a frame may have gone, so
+	// the stream is out of step and nothing more is written to it.
+	broken bool
 }
 
 // begin starts a frame of type t; append the payload to fw.buf.
@@ -155,10 +158,16 @@ func (fw *frameWriter) begin(t msgType) {
 func (fw *frameWriter) finish() (int, error) {
 	binary.BigEndian.PutUint32(fw.buf[1:5], uint32(len(fw.buf)-frameHeader))
 	fw.buf = binary.BigEndian.AppendUint32(fw.buf, crc32.Checksum(fw.buf, castagnoli))
+	if fw.broken {
+		return 0, errors.New("the stream broke earlier")
+	}
 	n, err := fw.w.Write(fw.buf)
 	fw.n += uint64(n)
 	if err == nil && n != len(fw.buf) {
 		err = io.ErrShortWrite
+	}
+	if err != nil {
+		fw.broken = true
 	}
 	return n, err
 }
@@ -172,6 +181,9 @@ func (fw *frameWriter) writeMsg(t msgType, payload []byte) (int, error) {
 
 // writeError sends an Error message carrying err's text, cut to the limit.
 func (fw *frameWriter) writeError(err error) error {
+	if fw.broken {
+		return nil
+	}
 	text := err.Error()
 	if len(text) > maxErrorLen {
 		text = text[:maxErrorLen]

@@ -66,9 +66,10 @@ const dirtyLogManualProtectEnable = 1 << 0
 
 // dirtyLogState is the VM's side of dirty logging.
 type dirtyLogState struct {
-	mu     sync.Mutex
-	on     bool
-	manual bool // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is enabled on the VM
+	mu       sync.Mutex
+	on       bool
+	manual   bool // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 is enabled on the VM
+	noManual bool // tests: use plain KVM_GET_DIRTY_LOG even if manual mode exists
 }
 
 // DirtyBitmap lists the dirty pages of one RAM region: bit i of the
@@ -124,7 +125,7 @@ func (vm *VM) StartDirtyLog() error {
 	if vm.dirty.on {
 		return errors.New("dirty logging is already on")
 	}
-	if !vm.dirty.manual && vm.kvm.CheckExtension(CapManualDirtyLog2)&dirtyLogManualProtectEnable != 0 {
+	if !vm.dirty.manual && !vm.dirty.noManual && vm.kvm.CheckExtension(CapManualDirtyLog2)&dirtyLogManualProtectEnable != 0 {
 		c := enableCap{Cap: CapManualDirtyLog2, Args: [4]uint64{dirtyLogManualProtectEnable}}
 		if _, err := ioctlPtr(vm.fd, kvmEnableCap, &c); err != nil {
 			return fmt.Errorf("KVM_ENABLE_CAP KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: %w", err)
@@ -207,9 +208,9 @@ func (vm *VM) DirtyLog() ([]DirtyBitmap, error) {
 }
 
 // setSlotFlags re-registers every memory slot with the same placement and
-// new flags; KVM allows changing only the flags of an existing slot this way
-// (api.rst KVM_SET_USER_MEMORY_REGION: "it is possible to ... change the
-// flags of an existing slot").
+// new flags (api.rst KVM_SET_USER_MEMORY_REGION: "When changing an existing
+// slot, it may be moved in the guest physical memory space, or its flags may
+// be modified, but it may not be resized").
 func (vm *VM) setSlotFlags(flags uint32) error {
 	for i, r := range vm.Memory.regions {
 		region := userspaceMemoryRegion{

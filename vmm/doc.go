@@ -33,6 +33,13 @@
 //   - cpuid.go, vcpu_setup.go: what firmware would set up before an OS runs.
 //   - crash.go: the crash report: registers and code at RIP via x86asm.
 //   - bus.go: address ranges → devices.
+//   - dirty.go: which pages changed, for live migration: KVM's dirty log
+//     plus the VMM's own writes.
+//   - state.go: a vCPU's and the VM's complete KVM state, saved and
+//     restored in the order KVM needs (CPUState, VMState).
+//
+// Package testguest builds tiny 64-bit user-mode guests for tests of
+// dirty logging, state and migration that run at native speed on any KVM.
 //
 // Next: package machine (vmm/machine), which builds a PC out of these parts.
 //

@@ -7,7 +7,10 @@
 // layout.go); the vmm core below it knows only buses and exits, and the
 // devices know only their registers. Reading order: New (the machine comes to
 // life in five steps), LoadLinux (firmware's job: ACPI tables, then
-// boot.Load), Run and the Exit it returns (exit.go).
+// boot.Load), Run and the Exit it returns (exit.go). For live migration,
+// state.go saves and restores everything but RAM (SaveState, RestoreState:
+// the destination calls New, then RestoreState instead of LoadLinux), and
+// cpuid.go checks that the destination's CPU can run the guest.
 //
 // Next: package boot for what LoadLinux writes into RAM, package devices for
 // what answers the guest on the buses.

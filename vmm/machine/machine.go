@@ -35,6 +35,13 @@ type Machine struct {
 	power   *acpipm.PM
 	pvpanic *pvpanic.Device
 
+	// origin says how the guest got here, once it has ("loaded a
+	// kernel", "restored a saved state"): a machine is either booted or
+	// restored, once. extraState holds AddState's sections (state.go).
+	origin     string
+	extraState []Stateful
+	cpuid      [][]vmm.CPUIDEntry // per vCPU, the table given to KVM_SET_CPUID2
+
 	stopOnce sync.Once
 	exitMu   sync.Mutex
 	exit     Exit
@@ -170,6 +177,7 @@ func (m *Machine) createVCPUs() error {
 		if err := v.SetCPUID(cpuid); err != nil {
 			return err
 		}
+		m.cpuid = append(m.cpuid, cpuid)
 		if err := v.SetMSRs(vmm.BootMSRs()); err != nil {
 			return err
 		}
@@ -186,6 +194,10 @@ func (m *Machine) createVCPUs() error {
 // LoadLinux writes the ACPI tables and the kernel into RAM and points the
 // boot vCPU at the kernel's 64-bit entry point.
 func (m *Machine) LoadLinux(k *boot.Kernel, cmdline string, initrd []byte) error {
+	if m.origin != "" {
+		return fmt.Errorf("loading Linux: this machine already %s", m.origin)
+	}
+	m.origin = "loaded a kernel"
 	tables, err := acpi.Build(acpi.Config{
 		Base:        uint64(boot.ACPIAddr),
 		NumVCPUs:    m.cfg.NumVCPUs,
