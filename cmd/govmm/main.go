@@ -26,6 +26,9 @@ func main() {
 		Usage: "a readable KVM virtual machine monitor with live migration",
 		Commands: []*cli.Command{
 			runCommand(),
+			receiveCommand(),
+			migrateCommand(),
+			dirtierCommand(),
 		},
 		// Errors are printed once, by main, as "govmm: ...".
 		ExitErrHandler: func(*cli.Context, error) {},
@@ -71,6 +74,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "busybox", Usage: "static busybox for the default initramfs (default: /bin/busybox)"},
 			&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device"},
 			&cli.StringFlag{Name: "trace-io", Usage: "log every port-I/O and MMIO access of the guest to this file"},
+			&cli.StringFlag{Name: "api", Usage: "control socket (JSON over HTTP; default $XDG_RUNTIME_DIR or /tmp, govmm-PID.sock)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -90,6 +94,7 @@ func runCommand() *cli.Command {
 				Busybox:   c.String("busybox"),
 				KVMDevice: c.String("kvm"),
 				TraceIO:   c.String("trace-io"),
+				API:       c.String("api"),
 			})
 		},
 	}

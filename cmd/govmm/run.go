@@ -6,12 +6,14 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"govmm/boot"
 	"govmm/cmd/govmm/console"
 	"govmm/guest"
+	"govmm/vmm/control"
 	"govmm/vmm/machine"
 )
 
@@ -37,6 +39,7 @@ type runOptions struct {
 	Busybox   string
 	KVMDevice string
 	TraceIO   string
+	API       string
 }
 
 // run is `govmm run`, the boot sequence from a file name to a guest shell.
@@ -75,19 +78,50 @@ func run(o runOptions) error {
 		return err
 	}
 
-	// 5. Attach the terminal: raw mode, escape keys, host signals.
+	// 5. Attach the terminal and the control socket, run until the guest
+	//    powers off, reboots, panics, crashes or migrates away.
+	return attach(m, o.API, kernel.ReleaseName(), m.Run)
+}
+
+// attach connects a machine to the user: the terminal in raw mode with the
+// Ctrl-A keys, the control API on a unix socket, and host signals. wait
+// runs (or waits for) the machine; its exit becomes govmm's exit status.
+func attach(m *machine.Machine, apiPath, kernel string, wait func() machine.Exit) error {
+	vm := &liveVM{m: m, kernel: kernel}
+	if apiPath == "" {
+		apiPath = defaultAPIPath()
+	}
+	api, err := control.Listen(apiPath, vm)
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	fmt.Fprintf(os.Stderr, "govmm: control socket %s (Ctrl-A h for console keys)\n", apiPath)
+
 	restore, err := console.MakeRaw(os.Stdin)
 	if err != nil {
 		return err
 	}
 	defer restore()
 	con := console.New(os.Stdin, os.Stderr, m.Serial.InputWriter(), func() { m.Stop("Ctrl-A x") })
+	con.Bind(console.Command{Key: 'm', Help: "migrate the VM to another govmm (asks for host:port)",
+		Prompt: "migrate to (host:port of govmm receive): ",
+		RunLine: func(to string) {
+			go migrateFromConsole(vm, to)
+		}})
 	go con.Run()
 	stopOnSignals(m)
 
-	// 6. Run until the guest powers off, reboots, panics or crashes.
-	exit := m.Run()
+	exit := wait()
 	restore()
+	if exit.Reason == machine.ExitMigrated {
+		// Let the migrate client read its final answer before we go.
+		select {
+		case <-api.MigrationFinished():
+		case <-time.After(5 * time.Second):
+		}
+		fmt.Fprintln(os.Stderr, "govmm: the guest now runs on the destination; exiting")
+	}
 	return report(exit)
 }
 

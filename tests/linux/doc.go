@@ -7,13 +7,16 @@
 // development machines have a PVM /dev/kvm that cannot boot stock Linux (see
 // /work/shared/notes/environment.md). The test host's /init exports
 //
-//	GOVMM_BIN      the static govmm binary
-//	GOVMM_KERNEL   the guest kernel (a bzImage)
-//	GOVMM_MODULES  the guest kernel's /lib/modules/<version> (trimmed)
+//	GOVMM_BIN              the static govmm binary
+//	GOVMM_KERNEL           the guest kernel (a bzImage): Debian's cloud kernel
+//	GOVMM_MODULES          the guest kernel's /lib/modules/<version> (trimmed)
+//	GOVMM_GENERIC_KERNEL   Debian's generic kernel, the second guest
+//	GOVMM_GENERIC_MODULES  its /lib/modules/<version> (trimmed)
 //
 // and runs the compiled test binary. Without these variables (a plain
 // `go test ./...` on a development machine) every test here skips and says
-// how to run it:
+// how to run it (inside the test host a missing generic kernel fails
+// TestBootGenericKernel instead of skipping it):
 //
 //	go test ./tests/testhost -run TestLinuxInTestHost -v   # all scenarios
 //	go run ./tests/testhost/cmd/testhost -run TestBootShell  # one, console live

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -117,9 +118,21 @@ func (v *vm) typeLine(line string) {
 // expect waits for s on the console after everything matched so far.
 func (v *vm) expect(s string, timeout time.Duration) {
 	v.t.Helper()
-	if err := v.out.expect(s, timeout, v.done); err != nil {
+	if _, err := v.out.expect(literal(s), timeout, v.done); err != nil {
 		v.t.Fatalf("waiting for %q on the guest console: %v", s, err)
 	}
+}
+
+// expectMatch waits for a match of re on the console after everything
+// matched so far and returns the match and its submatches, for replies
+// whose content the test checks (e.g. a list of loaded modules).
+func (v *vm) expectMatch(re *regexp.Regexp, timeout time.Duration) []string {
+	v.t.Helper()
+	m, err := v.out.expect(re, timeout, v.done)
+	if err != nil {
+		v.t.Fatalf("waiting for /%s/ on the guest console: %v", re, err)
+	}
+	return m
 }
 
 // wait waits for govmm to exit and returns its exit status.
@@ -199,36 +212,46 @@ func (c *console) String() string {
 	return c.buf.String()
 }
 
-// expect waits until s appears after the cursor, then moves the cursor past
-// it. It gives up at the timeout or when exited is closed (the process is
-// gone and no more output can come).
-func (c *console) expect(s string, timeout time.Duration, exited <-chan struct{}) error {
+// literal is a regexp matching exactly s.
+func literal(s string) *regexp.Regexp { return regexp.MustCompile(regexp.QuoteMeta(s)) }
+
+// expect waits until re matches after the cursor, then moves the cursor
+// past the match and returns the match and its submatches. It gives up at
+// the timeout or when exited is closed (the process is gone and no more
+// output can come).
+func (c *console) expect(re *regexp.Regexp, timeout time.Duration, exited <-chan struct{}) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	gone := false
 	for {
 		c.mu.Lock()
-		i := bytes.Index(c.buf.Bytes()[c.cursor:], []byte(s))
-		if i >= 0 {
-			c.cursor += i + len(s)
+		rest := c.buf.Bytes()[c.cursor:]
+		loc := re.FindSubmatchIndex(rest)
+		var m []string
+		if loc != nil {
+			m = make([]string, len(loc)/2)
+			for i := range m {
+				if loc[2*i] >= 0 {
+					m[i] = string(rest[loc[2*i]:loc[2*i+1]])
+				}
+			}
+			c.cursor += loc[1]
 		}
 		changed := c.changed
 		c.mu.Unlock()
-		if i >= 0 {
-			return nil
+		switch {
+		case m != nil:
+			return m, nil
+		case gone:
+			return nil, errors.New("govmm exited first")
 		}
 		select {
 		case <-changed:
 		case <-exited:
 			// One last look: output may have landed with the exit.
-			c.mu.Lock()
-			found := bytes.Contains(c.buf.Bytes()[c.cursor:], []byte(s))
-			c.mu.Unlock()
-			if found {
-				continue
-			}
-			return errors.New("govmm exited first")
+			gone = true
 		case <-ctx.Done():
-			return errors.New("timed out after " + timeout.String())
+			return nil, errors.New("timed out after " + timeout.String())
 		}
 	}
 }

@@ -16,8 +16,9 @@ import (
 // Where things live inside the test host. The /init script exports them as
 // the environment variables package tests/linux reads.
 const (
-	guestDir     = "/guest"    // guest kernel and its trimmed /lib/modules
-	scenarioDir  = "/scenario" // the scenario program
+	guestDir     = "/guest"         // cloud guest kernel and its trimmed /lib/modules
+	genericDir   = "/guest-generic" // the same for the generic guest kernel
+	scenarioDir  = "/scenario"      // the scenario program
 	govmmInHost  = "/bin/govmm"
 	exitMarker   = "TESTHOST-EXIT"
 	readyMarker  = "testhost: ready"
@@ -37,10 +38,12 @@ var hostModules = []string{
 	"kernel/net/bridge/bridge.ko",
 }
 
-// Modules of the guest kernel kept in the trimmed modules directory given to
+// Modules of a guest kernel kept in the trimmed modules directory given to
 // `govmm run --modules`: the virtio transports and devices and pvpanic
 // (entries ending in "/" select a whole directory), plus their dependencies
-// (failover and net_failover for virtio_net).
+// (failover and net_failover for virtio_net). The same list serves the
+// cloud and the generic kernel: both are Debian 6.1 builds with these
+// drivers as modules at the same paths.
 var guestModules = []string{
 	"kernel/drivers/virtio/",
 	"kernel/drivers/misc/pvpanic/",
@@ -69,6 +72,8 @@ mount -t devtmpfs devtmpfs /dev || fail "mount /dev"
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 hostname testhost
+# Loopback: migration scenarios connect two govmm over 127.0.0.1.
+ip link set lo up || fail "ip link set lo up"
 for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
 	insmod /lib/modules/%[1]s/kernel/$m.ko || fail "insmod $m.ko failed"
 done
@@ -103,13 +108,19 @@ func (h *Host) BuildInitramfs(out string, command []string, extra map[string]str
 	if err := a.modules(hostMods, h.Kernel.ModulesDir, hostModules); err != nil {
 		return err
 	}
-	guestKernel := path.Join(guestDir, "vmlinuz-"+h.Kernel.Version)
-	guestMods := path.Join(guestDir, "lib/modules", h.Kernel.Version)
-	if err := a.copy(guestKernel, h.Kernel.BzImage, 0o644); err != nil {
+	// The guest kernels, each with its trimmed modules directory; /init
+	// tells the scenario where they are.
+	exports := "export GOVMM_BIN=" + govmmInHost
+	kernel, mods, err := a.guest(guestDir, h.Kernel)
+	if err != nil {
 		return err
 	}
-	if err := a.modules(guestMods, h.Kernel.ModulesDir, guestModules); err != nil {
-		return err
+	exports += " GOVMM_KERNEL=" + kernel + " GOVMM_MODULES=" + mods
+	if h.Generic.BzImage != "" {
+		if kernel, mods, err = a.guest(genericDir, h.Generic); err != nil {
+			return err
+		}
+		exports += " GOVMM_GENERIC_KERNEL=" + kernel + " GOVMM_GENERIC_MODULES=" + mods
 	}
 	if err := a.copy(govmmInHost, h.Govmm, 0o755); err != nil {
 		return err
@@ -125,11 +136,23 @@ func (h *Host) BuildInitramfs(out string, command []string, extra map[string]str
 		}
 	}
 
-	exports := fmt.Sprintf("export GOVMM_BIN=%s GOVMM_KERNEL=%s GOVMM_MODULES=%s",
-		govmmInHost, guestKernel, guestMods)
 	script := fmt.Sprintf(initScript, h.Kernel.Version, shellJoin(command), exports, setupFailure)
 	a.recs = append(a.recs, cpio.StaticFile("init", script, 0o755))
 	return a.write(out)
+}
+
+// guest adds guest kernel k under dir: dir/vmlinuz-<version> and a trimmed
+// dir/lib/modules/<version>. It returns both paths inside the test host.
+func (a *archive) guest(dir string, k Kernel) (kernel, modules string, err error) {
+	kernel = path.Join(dir, "vmlinuz-"+k.Version)
+	modules = path.Join(dir, "lib/modules", k.Version)
+	if err := a.copy(kernel, k.BzImage, 0o644); err != nil {
+		return "", "", err
+	}
+	if err := a.modules(modules, k.ModulesDir, guestModules); err != nil {
+		return "", "", err
+	}
+	return kernel, modules, nil
 }
 
 // archive collects cpio records for one initramfs.

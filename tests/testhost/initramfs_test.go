@@ -137,6 +137,7 @@ func TestBuildInitramfs(t *testing.T) {
 	os.WriteFile(stub, []byte("#!/bin/sh\n"), 0o755)
 	h := &Host{
 		Kernel:  Kernel{Version: "6.1.0-test", BzImage: stub, ModulesDir: mods},
+		Generic: Kernel{Version: "6.1.0-gen", BzImage: stub, ModulesDir: mods},
 		Govmm:   stub,
 		Busybox: stub,
 	}
@@ -149,7 +150,8 @@ func TestBuildInitramfs(t *testing.T) {
 		t.Errorf("dev/console: %v, want char device 5,1", c)
 	}
 	for _, want := range []string{"bin/busybox", "bin/govmm", "scenario/linux.test", "guest/vmlinuz-6.1.0-test",
-		"guest/lib/modules/6.1.0-test/kernel/drivers/net/virtio_net.ko", "lib/modules/6.1.0-test/kernel/arch/x86/kvm/kvm-amd.ko"} {
+		"guest/lib/modules/6.1.0-test/kernel/drivers/net/virtio_net.ko", "lib/modules/6.1.0-test/kernel/arch/x86/kvm/kvm-amd.ko",
+		"guest-generic/vmlinuz-6.1.0-gen", "guest-generic/lib/modules/6.1.0-gen/kernel/drivers/net/virtio_net.ko"} {
 		if _, ok := recs[want]; !ok {
 			t.Errorf("initramfs lacks %s", want)
 		}
@@ -159,11 +161,27 @@ func TestBuildInitramfs(t *testing.T) {
 		`'/scenario/linux.test' '-test.run' 'It'\''s'`,
 		"GOVMM_MODULES=/guest/lib/modules/6.1.0-test",
 		"GOVMM_KERNEL=/guest/vmlinuz-6.1.0-test",
+		"GOVMM_GENERIC_MODULES=/guest-generic/lib/modules/6.1.0-gen",
+		"GOVMM_GENERIC_KERNEL=/guest-generic/vmlinuz-6.1.0-gen",
 		`echo "TESTHOST-EXIT $status"`,
 	} {
 		if !strings.Contains(script, want) {
 			t.Errorf("/init lacks %q:\n%s", want, script)
 		}
+	}
+
+	// Without a generic kernel (Options.NoGeneric) nothing of it is packed
+	// or announced.
+	h.Generic = Kernel{}
+	if err := h.BuildInitramfs(out, []string{"/bin/sh"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	recs = readArchive(t, out)
+	if _, ok := recs["guest-generic"]; ok {
+		t.Error("initramfs without a generic kernel has guest-generic/")
+	}
+	if script := content(t, recs["init"]); strings.Contains(script, "GOVMM_GENERIC") || !strings.Contains(script, "GOVMM_KERNEL=") {
+		t.Errorf("/init without a generic kernel: want GOVMM_KERNEL and no GOVMM_GENERIC_*:\n%s", script)
 	}
 }
 

@@ -20,7 +20,8 @@ import (
 
 // Scenario is one program to run in the test host, with govmm, the guest
 // kernel and its modules available through GOVMM_BIN, GOVMM_KERNEL and
-// GOVMM_MODULES.
+// GOVMM_MODULES, and the generic guest kernel through GOVMM_GENERIC_KERNEL
+// and GOVMM_GENERIC_MODULES (unless Options.NoGeneric).
 type Scenario struct {
 	// Program is a host path to a static executable (build it with
 	// CGO_ENABLED=0, e.g. Host.BuildTest). Empty with Interactive set means
@@ -103,6 +104,12 @@ func (h *Host) runDirect(ctx context.Context, s Scenario) (Result, error) {
 		"GOVMM_KERNEL="+h.Kernel.BzImage,
 		"GOVMM_MODULES="+h.Kernel.ModulesDir,
 	)
+	if h.Generic.BzImage != "" {
+		cmd.Env = append(cmd.Env,
+			"GOVMM_GENERIC_KERNEL="+h.Generic.BzImage,
+			"GOVMM_GENERIC_MODULES="+h.Generic.ModulesDir,
+		)
+	}
 	cmd.WaitDelay = 5 * time.Second
 	var out lockedBuffer
 	if s.Interactive || s.Guest {

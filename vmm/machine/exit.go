@@ -16,10 +16,11 @@ const (
 	ExitReset                      // the guest asked for a reset (reboot)
 	ExitPanic                      // the guest kernel panicked (pvpanic)
 	ExitCrash                      // the vCPU could not go on: triple fault, emulation failure
+	ExitMigrated                   // the guest was migrated and runs elsewhere now
 )
 
 func (r ExitReason) String() string {
-	return [...]string{"stopped by the host", "guest powered off", "guest rebooted", "guest panicked", "guest crashed"}[r]
+	return [...]string{"stopped by the host", "guest powered off", "guest rebooted", "guest panicked", "guest crashed", "guest migrated"}[r]
 }
 
 // Exit is the outcome of Machine.Run.
@@ -33,7 +34,7 @@ type Exit struct {
 // Clean reports whether the guest ended the way a user wants: a poweroff,
 // a reboot (govmm does not restart guests), or the user quitting.
 func (e Exit) Clean() bool {
-	return e.Reason == ExitQuit || e.Reason == ExitPowerOff || e.Reason == ExitReset
+	return e.Reason == ExitQuit || e.Reason == ExitPowerOff || e.Reason == ExitReset || e.Reason == ExitMigrated
 }
 
 // CrashReport is what a person needs to start debugging a dead guest: why,

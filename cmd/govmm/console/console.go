@@ -25,11 +25,15 @@ import (
 // EscapeKey is Ctrl-A, QEMU's default escape character.
 const EscapeKey = 0x01
 
-// Command is an action bound to Ctrl-A followed by a key.
+// Command is an action bound to Ctrl-A followed by a key. A command with a
+// Prompt first reads a line from the user (echoed, Backspace works, Enter
+// ends it, Ctrl-C or an empty line cancels) and passes it to RunLine.
 type Command struct {
-	Key  byte
-	Help string
-	Run  func()
+	Key     byte
+	Help    string
+	Run     func()
+	Prompt  string
+	RunLine func(line string)
 }
 
 // Console filters terminal input for escape sequences and forwards the rest
@@ -42,6 +46,9 @@ type Console struct {
 
 	mu      sync.Mutex
 	restore func()
+
+	prompting *Command // reading a line for this command
+	line      []byte
 }
 
 // New makes a console reading keys from in, forwarding to guest, writing its
@@ -83,6 +90,8 @@ func (c *Console) Run() error {
 		out := buf[:0]
 		for _, b := range buf[:n] {
 			switch {
+			case c.prompting != nil:
+				c.promptKey(b)
 			case escaped:
 				escaped = false
 				out = c.flush(out)
@@ -117,8 +126,40 @@ func (c *Console) escape(b byte) {
 	case 'a', EscapeKey:
 		c.guest.Write([]byte{EscapeKey})
 	default:
-		if cmd, ok := c.commands[b]; ok {
+		cmd, ok := c.commands[b]
+		switch {
+		case !ok:
+		case cmd.Prompt != "":
+			c.prompting, c.line = &cmd, c.line[:0]
+			io.WriteString(c.out, "\r\n"+cmd.Prompt)
+		case cmd.Run != nil:
 			cmd.Run()
+		}
+	}
+}
+
+// promptKey edits the line being read for a prompting command.
+func (c *Console) promptKey(b byte) {
+	switch b {
+	case '\r', '\n':
+		cmd, line := c.prompting, strings.TrimSpace(string(c.line))
+		c.prompting = nil
+		io.WriteString(c.out, "\r\n")
+		if line != "" && cmd.RunLine != nil {
+			cmd.RunLine(line)
+		}
+	case 0x03, 0x1b: // Ctrl-C, Esc
+		c.prompting = nil
+		io.WriteString(c.out, " (cancelled)\r\n")
+	case 0x7f, 0x08: // Backspace
+		if len(c.line) > 0 {
+			c.line = c.line[:len(c.line)-1]
+			io.WriteString(c.out, "\b \b")
+		}
+	default:
+		if b >= 0x20 && b < 0x7f && len(c.line) < 256 {
+			c.line = append(c.line, b)
+			c.out.Write([]byte{b})
 		}
 	}
 }

@@ -76,3 +76,20 @@ func (c *chunked) Read(p []byte) (int, error) {
 	c.parts = c.parts[1:]
 	return n, nil
 }
+
+func TestPromptingCommandReadsALine(t *testing.T) {
+	var g, o bytes.Buffer
+	var got []string
+	c := New(strings.NewReader("ab\x01m127.0.0.2\x7f1:4444\rcd\x01mxyz\x03ef"), &o, &g, func() {})
+	c.Bind(Command{Key: 'm', Help: "migrate", Prompt: "to: ", RunLine: func(l string) { got = append(got, l) }})
+	c.Run()
+	if len(got) != 1 || got[0] != "127.0.0.1:4444" {
+		t.Fatalf("lines %q; want the edited line once (the second prompt was cancelled)", got)
+	}
+	if g.String() != "abcdef" {
+		t.Fatalf("guest got %q: prompt keys must not reach it", g.String())
+	}
+	if !strings.Contains(o.String(), "to: ") || !strings.Contains(o.String(), "cancelled") {
+		t.Fatalf("console output %q", o.String())
+	}
+}

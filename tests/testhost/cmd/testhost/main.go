@@ -8,7 +8,9 @@
 //	    run every scenario in ./tests/linux
 //	go run ./tests/testhost/cmd/testhost -shell
 //	    an interactive shell in the test host; govmm is /bin/govmm and
-//	    `govmm run --modules $GOVMM_MODULES $GOVMM_KERNEL` boots the guest.
+//	    `govmm run --modules $GOVMM_MODULES $GOVMM_KERNEL` boots the guest
+//	    (the cloud kernel; $GOVMM_GENERIC_MODULES and $GOVMM_GENERIC_KERNEL
+//	    for the generic one).
 //	    Ctrl-A x quits QEMU; Ctrl-A a sends Ctrl-A (so govmm's escape is
 //	    Ctrl-A a x); `exit` powers the test host off.
 //	go run ./tests/testhost/cmd/testhost -guest
@@ -79,7 +81,9 @@ func run() int {
 	}
 	defer os.RemoveAll(work)
 
-	h, err := testhost.Prepare(ctx, testhost.Options{WorkDir: work, Log: os.Stderr, Mode: m, Govmm: *govmm})
+	// -guest (make run) boots only the cloud kernel: skip fetching and
+	// packing the generic one.
+	h, err := testhost.Prepare(ctx, testhost.Options{WorkDir: work, Log: os.Stderr, Mode: m, Govmm: *govmm, NoGeneric: *guest})
 	if err != nil {
 		return fail(err)
 	}
