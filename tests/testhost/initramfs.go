@@ -74,6 +74,11 @@ mount -t devpts devpts /dev/pts
 hostname testhost
 # Loopback: migration scenarios connect two govmm over 127.0.0.1.
 ip link set lo up || fail "ip link set lo up"
+# No transparent huge pages for guest RAM: khugepaged collapsing pages
+# under a running nested guest made guests triple-fault at random under
+# TCG's emulated nested paging (Debian's kernel defaults to "always").
+echo never > /sys/kernel/mm/transparent_hugepage/enabled
+echo never > /sys/kernel/mm/transparent_hugepage/defrag
 for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
 	insmod /lib/modules/%[1]s/kernel/$m.ko || fail "insmod $m.ko failed"
 done
