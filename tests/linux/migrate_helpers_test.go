@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"govmm/migration"
 )
 
@@ -28,15 +26,17 @@ import (
 // connection.
 
 const (
-	// migrateTimeout bounds one `govmm migrate`. At 16 MiB/s the first
-	// round of a 512 MiB guest (its non-zero pages: kernel, initramfs and
-	// the dirtier's 64 MiB) takes about 10 s, and TCG makes everything
-	// slower and more irregular.
+	// migrateTimeout bounds one `govmm migrate`. Measured in the test
+	// host: round 1 of a 512 MiB guest sends 115-140 MiB of non-zero
+	// pages (kernel, initramfs, the dirtier's 64 MiB) in 6-17 s, the
+	// stream peaks at 20-40 MiB/s under TCG, and a whole migration with
+	// the dirtier running took 7-26 s.
 	migrateTimeout = 3 * time.Minute
 	// heartbeatTimeout bounds the wait for one dirtier heartbeat (8
-	// passes over 64 MiB). While KVM's dirty log is on, every first write
-	// to a page in a round faults, which under TCG is slow.
-	heartbeatTimeout = 90 * time.Second
+	// passes over 64 MiB): measured every 0.2-3 s in the test host, also
+	// while KVM's dirty log is on (every first write to a page in a round
+	// then faults, which under TCG is slow).
+	heartbeatTimeout = 60 * time.Second
 	// listenTimeout bounds the wait for a govmm socket to appear.
 	listenTimeout = 30 * time.Second
 )
@@ -74,6 +74,7 @@ func (v *vm) nextHeartbeat() uint64 {
 	v.t.Helper()
 	m, err := v.out.expect(heartbeatRE, heartbeatTimeout, v.done)
 	if err != nil {
+		v.probe()
 		v.t.Fatalf("waiting for a dirtier heartbeat: %v", err)
 	}
 	if m[2] != "" {
@@ -86,10 +87,33 @@ func (v *vm) nextHeartbeat() uint64 {
 	return pass
 }
 
+// probe tells apart, when heartbeats stop, a guest that no longer runs or
+// no longer prints (its console stays silent) from a dirtier that stopped
+// in a running guest (the shell answers, and ps shows the dirtier's state:
+// R running, S sleeping, D blocked, e.g. on a console write that never
+// completes).
+func (v *vm) probe() {
+	v.t.Helper()
+	select {
+	case <-v.done:
+		return
+	default:
+	}
+	v.typeLine("echo probe-$((40+2)); ps | grep '[d]irtier'")
+	if _, err := v.out.expect(literal("probe-42"), replyTimeout, v.done); err != nil {
+		v.t.Errorf("probe: the guest's shell does not answer either (%v): the guest is hung or its console is stuck", err)
+		return
+	}
+	time.Sleep(2 * time.Second) // let ps print
+	v.t.Errorf("probe: the guest's shell answers, so the dirtier stopped in a running guest; see ps above")
+}
+
 // heartbeatAfter waits for a heartbeat with a pass number above last,
-// the last one seen before a migration, and returns it. A heartbeat at or
-// below last means the guest ran an earlier part of its life again (its
-// memory went back in time): an error, though the test waits on.
+// the last one seen before a migration, and returns it. On a console that
+// starts after that point (a destination's, or the source's after
+// skipOutput), a heartbeat at or below last means the guest ran an earlier
+// part of its life again (its memory went back in time): an error, though
+// the test waits on.
 func (v *vm) heartbeatAfter(last uint64) uint64 {
 	v.t.Helper()
 	for {
@@ -99,6 +123,16 @@ func (v *vm) heartbeatAfter(last uint64) uint64 {
 		}
 		v.t.Errorf("heartbeat of pass %d after the migration, but pass %d was already seen before it", p, last)
 	}
+}
+
+// skipOutput makes the next expect on v's console look only at output
+// that arrives from now on. A test calls it on a console whose older
+// heartbeats it has not consumed but must not count (the source's, after
+// a failed migration).
+func (v *vm) skipOutput() {
+	v.out.mu.Lock()
+	v.out.cursor = v.out.buf.Len()
+	v.out.mu.Unlock()
 }
 
 // lastHeartbeat is the highest pass number in v's whole console output (0
@@ -125,9 +159,9 @@ func (v *vm) checkNoMismatch(name string) {
 }
 
 // freeAddr returns a loopback TCP address that was free a moment ago.
+// (The test host's /init brings the loopback interface up.)
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	loopbackUp(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -375,35 +409,4 @@ func logReport(t *testing.T, rep *migration.Report, wall time.Duration) {
 		len(rep.Rounds), rep.StopReason, rep.Downtime.Round(time.Millisecond), rep.TotalTime.Round(time.Millisecond),
 		wall.Round(time.Millisecond), float64(rep.WireBytes)/(1<<20), rep.GuestRAM>>20,
 		float64(rep.WireBytes)/float64(max(rep.GuestRAM, 1)))
-}
-
-// loopbackUp brings the loopback interface up if it is down, as it is in
-// the test host, whose /init configures no network: binding 127.0.0.1
-// works there, but connecting fails with "network is unreachable". The
-// kernel gives lo its address 127.0.0.1/8 when it comes up (net/ipv4/
-// devinet.c, inetdev_event). Elsewhere lo is up and this does nothing.
-func loopbackUp(t *testing.T) {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// SIOCGIFFLAGS/SIOCSIFFLAGS: netdevice(7).
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		t.Fatalf("SIOCGIFFLAGS lo: %v", err)
-	}
-	flags := ifr.Uint16()
-	if flags&unix.IFF_UP != 0 {
-		return
-	}
-	ifr.SetUint16(flags | unix.IFF_UP)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		t.Fatalf("bringing the loopback interface up (SIOCSIFFLAGS lo): %v", err)
-	}
-	t.Log("brought the loopback interface up")
 }

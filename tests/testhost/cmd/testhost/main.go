@@ -13,6 +13,8 @@
 //	    for the generic one).
 //	    Ctrl-A x quits QEMU; Ctrl-A a sends Ctrl-A (so govmm's escape is
 //	    Ctrl-A a x); `exit` powers the test host off.
+//	go run ./tests/testhost/cmd/testhost -bench Migration
+//	    run the ./tests/linux benchmarks once each (make bench)
 //	go run ./tests/testhost/cmd/testhost -guest
 //	    boot the guest with govmm, its console on this terminal (what
 //	    `make run` does where /dev/kvm cannot boot Linux); Ctrl-A x quits.
@@ -42,6 +44,7 @@ func main() {
 }
 
 func run() int {
+	benchRE := flag.String("bench", "", "run the ./tests/linux benchmarks matching this regexp, once each (go test -bench, -benchtime 1x)")
 	runRE := flag.String("run", "", "run only the ./tests/linux scenarios matching this regexp (go test -run)")
 	guest := flag.Bool("guest", false, "boot the guest with govmm on this terminal (make run on a PVM host)")
 	canDirect := flag.Bool("can-run-direct", false, "exit 0 if /dev/kvm here can boot Linux without the test host, 1 if not")
@@ -103,6 +106,12 @@ func run() int {
 	case *guest:
 	case flag.NArg() > 0:
 		s.Program, s.Args = flag.Arg(0), flag.Args()[1:]
+	case *benchRE != "":
+		if s.Program, err = h.BuildTest(ctx, "./tests/linux"); err != nil {
+			return fail(err)
+		}
+		s.Args = []string{"-test.v", "-test.run", "^$", "-test.bench", *benchRE, "-test.benchtime", "1x",
+			"-test.timeout", (*timeout * 9 / 10).String()}
 	case !*shell || *runRE != "":
 		if s.Program, err = h.BuildTest(ctx, "./tests/linux"); err != nil {
 			return fail(err)
