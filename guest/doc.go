@@ -70,4 +70,14 @@
 // package kmod (modules.dep and module loading); then init.go (Init, in
 // the order of the steps above) and cmdline.go. The tests build images
 // against a fake modules tree and hand-made ELF files and read them back.
+//
+// # The migration-test workload
+//
+// dirtier.go is the guest side of govmm's migration tests, after QEMU's
+// (tests/qtest/migration): inside the guest, `/init dirtier --mib 64 &`
+// rewrites a counter in every page of 64 MiB, pass after pass, and checks
+// before each write that the page still holds the previous pass's value. A
+// page that a migration lost or sent stale prints "dirtier: MEMORY
+// MISMATCH"; its heartbeats ("dirtier: pass N ok") continuing on the
+// destination show the guest went on where it stopped.
 package guest

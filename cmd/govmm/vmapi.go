@@ -106,7 +106,7 @@ func (v *liveVM) Migrate(ctx context.Context, req control.MigrateRequest, progre
 			v.mu.Unlock()
 			return report, fmt.Errorf("migration outcome unknown: %v; the VM is PAUSED here: if it does not run on %s, resume it here (curl -X POST .../resume)", err, req.To)
 		}
-		return report, fmt.Errorf("migration failed: %v; the VM keeps running here", err)
+		return report, err // Send's error says the VM still runs here
 	}
 	return report, nil
 }

@@ -27,4 +27,7 @@
 // Read vm_test.go first: it starts govmm with pipes for stdin and stdout,
 // logs the console line by line and waits for expected text
 // (an "expect"-style helper); the scenarios in scenarios_test.go build on it.
+// migration_test.go (with migrate_helpers_test.go) migrates guests running
+// the dirtier workload between govmm processes, and bench_test.go is the
+// migration benchmark (`make bench`).
 package linux

@@ -160,7 +160,7 @@ func (v *vm) checkNoMismatch(name string) {
 
 // freeAddr returns a loopback TCP address that was free a moment ago.
 // (The test host's /init brings the loopback interface up.)
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -173,7 +173,7 @@ func freeAddr(t *testing.T) string {
 // startReceiver starts `govmm receive --listen addr [extra...]` and waits
 // until it listens. Probing the port by connecting would not do: the
 // receiver takes the first connection as the migration.
-func startReceiver(t *testing.T, e env, name, addr string, extra ...string) *vm {
+func startReceiver(t testing.TB, e env, name, addr string, extra ...string) *vm {
 	t.Helper()
 	v := startGovmm(t, e.govmm, append([]string{"receive", "--listen", addr}, extra...)...).named(name)
 	waitTCP(t, v, addr, tcpListen)
@@ -188,7 +188,7 @@ const (
 
 // waitTCP waits until the kernel lists a socket with local address addr in
 // state (see proc(5), /proc/net/tcp), or until v exits.
-func waitTCP(t *testing.T, v *vm, addr, state string) {
+func waitTCP(t testing.TB, v *vm, addr, state string) {
 	t.Helper()
 	want, err := procNetAddr(addr)
 	if err != nil {
@@ -247,7 +247,7 @@ func tcpSocketIn(local, state string) (bool, error) {
 }
 
 // waitAPI waits until the control socket at path accepts connections.
-func waitAPI(t *testing.T, v *vm, path string) {
+func waitAPI(t testing.TB, v *vm, path string) {
 	t.Helper()
 	deadline := time.Now().Add(listenTimeout)
 	for {
@@ -269,7 +269,7 @@ func waitAPI(t *testing.T, v *vm, path string) {
 
 // migrateRun is one `govmm migrate`, started by startMigrate.
 type migrateRun struct {
-	t      *testing.T
+	t      testing.TB
 	cmd    *exec.Cmd
 	out    *console // stdout and stderr together
 	json   string   // the --json report file
@@ -287,7 +287,7 @@ type migrateResult struct {
 
 // startMigrate starts `govmm migrate --api api --to to --json FILE
 // [extra...]` without waiting for it.
-func startMigrate(t *testing.T, e env, api, to string, extra ...string) *migrateRun {
+func startMigrate(t testing.TB, e env, api, to string, extra ...string) *migrateRun {
 	t.Helper()
 	m := &migrateRun{t: t, out: newConsole(t, "migrate"), json: filepath.Join(t.TempDir(), "report.json"), done: make(chan struct{})}
 	args := append([]string{"migrate", "--api", api, "--to", to, "--json", m.json}, extra...)
@@ -344,7 +344,7 @@ func (m *migrateRun) wait(timeout time.Duration) migrateResult {
 
 // migrate runs `govmm migrate` to the end and requires success: status 0
 // and a consistent report, which it logs and returns.
-func migrate(t *testing.T, e env, api, to string, extra ...string) *migration.Report {
+func migrate(t testing.TB, e env, api, to string, extra ...string) *migration.Report {
 	t.Helper()
 	start := time.Now()
 	r := startMigrate(t, e, api, to, extra...).wait(migrateTimeout)
@@ -362,7 +362,7 @@ func migrate(t *testing.T, e env, api, to string, extra ...string) *migration.Re
 // checkReport checks what holds for every successful migration: rounds
 // numbered 1..n, only the last one final, round 1 covering all of guest
 // RAM, and times and byte counts that add up.
-func checkReport(t *testing.T, rep *migration.Report) {
+func checkReport(t testing.TB, rep *migration.Report) {
 	t.Helper()
 	if len(rep.Rounds) == 0 {
 		t.Fatal("report has no rounds")
@@ -398,7 +398,7 @@ func checkReport(t *testing.T, rep *migration.Report) {
 	}
 }
 
-func logReport(t *testing.T, rep *migration.Report, wall time.Duration) {
+func logReport(t testing.TB, rep *migration.Report, wall time.Duration) {
 	t.Helper()
 	for _, r := range rep.Rounds {
 		t.Logf("  round %d final=%v: %d pages + %d zero, %d skipped, %d dirtied; %.1f MiB in %v (%.1f MiB/s, limit %.1f MiB/s)",

@@ -229,7 +229,7 @@ func TestMigrateFaults(t *testing.T) {
 // garbageStream connects to a fresh `govmm receive` as a plain TCP client,
 // sends stream and expects the receiver to exit with a status other than 0
 // and a "govmm: " line on stderr that mentions mention.
-func garbageStream(t *testing.T, e env, stream []byte, mention string) {
+func garbageStream(t testing.TB, e env, stream []byte, mention string) {
 	addr := freeAddr(t)
 	r := startReceiver(t, e, "receive", addr)
 	conn, err := net.Dial("tcp", addr)

@@ -34,7 +34,7 @@ type env struct {
 }
 
 // needEnv skips the test outside the test host.
-func needEnv(t *testing.T) env {
+func needEnv(t testing.TB) env {
 	t.Helper()
 	e := env{os.Getenv("GOVMM_BIN"), os.Getenv("GOVMM_KERNEL"), os.Getenv("GOVMM_MODULES")}
 	if e.govmm == "" || e.kernel == "" || e.modules == "" {
@@ -52,7 +52,7 @@ func (e env) kernelVersion() string { return filepath.Base(e.modules) }
 // vm is one running `govmm run`, driven through its stdin and stdout like a
 // person at the serial console.
 type vm struct {
-	t      *testing.T
+	t      testing.TB
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	out    *console // guest serial console (govmm's stdout)
@@ -63,14 +63,14 @@ type vm struct {
 
 // bootGuest starts `govmm run` with the default initramfs and waits for the
 // guest's shell.
-func bootGuest(t *testing.T, e env) *vm {
+func bootGuest(t testing.TB, e env) *vm {
 	t.Helper()
 	v := startGovmm(t, e.govmm, "run", "--modules", e.modules, e.kernel)
 	v.expect(shellReady, bootTimeout)
 	return v
 }
 
-func startGovmm(t *testing.T, bin string, args ...string) *vm {
+func startGovmm(t testing.TB, bin string, args ...string) *vm {
 	t.Helper()
 	v := &vm{
 		t:      t,
@@ -160,7 +160,7 @@ func (v *vm) wait(timeout time.Duration) int {
 // (live with -test.v, and in the failure report otherwise) and lets a test
 // wait for text in it.
 type console struct {
-	t      *testing.T
+	t      testing.TB
 	prefix string
 
 	mu      sync.Mutex
@@ -170,7 +170,7 @@ type console struct {
 	changed chan struct{} // closed and replaced on every write
 }
 
-func newConsole(t *testing.T, prefix string) *console {
+func newConsole(t testing.TB, prefix string) *console {
 	return &console{t: t, prefix: prefix, changed: make(chan struct{})}
 }
 

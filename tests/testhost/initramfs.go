@@ -79,6 +79,11 @@ ip link set lo up || fail "ip link set lo up"
 # TCG's emulated nested paging (Debian's kernel defaults to "always").
 echo never > /sys/kernel/mm/transparent_hugepage/enabled
 echo never > /sys/kernel/mm/transparent_hugepage/defrag
+# Likewise keep the kernel from migrating guest pages behind KVM's back:
+# no proactive compaction, no NUMA balancing. Memory is plentiful (4 GiB,
+# allocated lazily by QEMU), so nothing needs reclaiming either.
+echo 0 > /proc/sys/vm/compaction_proactiveness 2>/dev/null
+echo 0 > /proc/sys/kernel/numa_balancing 2>/dev/null
 for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
 	insmod /lib/modules/%[1]s/kernel/$m.ko || fail "insmod $m.ko failed"
 done

@@ -44,7 +44,7 @@ type Scenario struct {
 	Guest bool
 	// Timeout bounds the whole run (boot included); zero means 8 minutes.
 	Timeout time.Duration
-	// Memory is the test host's RAM in MiB; zero means 2048.
+	// Memory is the test host's RAM in MiB; zero means 4096.
 	Memory int
 	// CPUs is the test host's CPU count; zero means 2 (1 on a one-CPU
 	// machine): measured on 2 cores, the test host boots ~1 s slower with
@@ -168,7 +168,7 @@ func (h *Host) runQEMU(ctx context.Context, s Scenario) (Result, error) {
 
 	mem, cpus := s.Memory, s.CPUs
 	if mem == 0 {
-		mem = 2048
+		mem = 4096
 	}
 	if cpus == 0 {
 		cpus = min(2, runtime.NumCPU())

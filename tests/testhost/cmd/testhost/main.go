@@ -52,7 +52,7 @@ func run() int {
 	timeout := flag.Duration("timeout", 8*time.Minute, "time limit for the whole run")
 	logFile := flag.String("log", "", "also write the console to this file")
 	govmm := flag.String("govmm", "", "use this prebuilt static govmm instead of building ./cmd/govmm")
-	mem := flag.Int("mem", 2048, "test-host memory in MiB")
+	mem := flag.Int("mem", 4096, "test-host memory in MiB")
 	cpus := flag.Int("smp", 0, "test-host CPUs (default 2, or 1 on a one-CPU machine)")
 	kargs := flag.String("append", "", "extra test-host kernel arguments (e.g. loglevel=7)")
 	mode := flag.String("mode", "", "qemu or direct (default: $GOVMM_TESTHOST, else direct only on hardware KVM)")
