@@ -41,8 +41,7 @@ func BenchmarkMigration(b *testing.B) {
 func benchMigrateOnce(b *testing.B, dirtierMiB int) *migration.Report {
 	e := needEnv(b)
 	api := filepath.Join(b.TempDir(), "src.sock")
-	src := startGovmm(b, e.govmm, "run", "--api", api, "--cmdline", "quiet", "--modules", e.modules, e.kernel).named("src")
-	src.expect(shellReady, bootTimeout)
+	src := bootToShell(b, "src", e.govmm, "run", "--api", api, "--cmdline", "quiet", "--modules", e.modules, e.kernel)
 	if dirtierMiB > 0 {
 		// A heartbeat per 4096 passes keeps the console quiet.
 		src.typeLine(fmt.Sprintf("/init dirtier --mib %d --heartbeat 4096 &", dirtierMiB))

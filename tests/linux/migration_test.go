@@ -52,8 +52,7 @@ const (
 func TestMigrateDirtier(t *testing.T) {
 	e := needEnv(t)
 	api := filepath.Join(t.TempDir(), "src.sock")
-	src := startGovmm(t, e.govmm, "run", "--api", api, "--modules", e.modules, e.kernel).named("src")
-	src.expect(shellReady, bootTimeout)
+	src := bootToShell(t, "src", e.govmm, "run", "--api", api, "--modules", e.modules, e.kernel)
 	src.startDirtier(dirtierMiB, dirtierHeartbeat)
 	waitAPI(t, src, api)
 
@@ -102,8 +101,7 @@ func TestMigratePingPong(t *testing.T) {
 	e := needEnv(t)
 	dir := t.TempDir()
 	api := filepath.Join(dir, "vm0.sock")
-	cur := startGovmm(t, e.govmm, "run", "--api", api, "--modules", e.modules, e.kernel).named("vm0")
-	cur.expect(shellReady, bootTimeout)
+	cur := bootToShell(t, "vm0", e.govmm, "run", "--api", api, "--modules", e.modules, e.kernel)
 	cur.startDirtier(dirtierMiB, dirtierHeartbeat)
 	waitAPI(t, cur, api)
 
@@ -165,8 +163,7 @@ func TestMigrateFaults(t *testing.T) {
 
 	t.Run("destination killed in round 1", func(t *testing.T) {
 		api := filepath.Join(t.TempDir(), "src.sock")
-		src := startGovmm(t, e.govmm, "run", "--api", api, "--modules", e.modules, e.kernel).named("src")
-		src.expect(shellReady, bootTimeout)
+		src := bootToShell(t, "src", e.govmm, "run", "--api", api, "--modules", e.modules, e.kernel)
 		src.startDirtier(dirtierMiB, dirtierHeartbeat)
 		waitAPI(t, src, api)
 

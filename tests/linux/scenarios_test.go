@@ -89,8 +89,7 @@ func TestBootGenericKernel(t *testing.T) {
 	if version == e.kernelVersion() {
 		t.Fatalf("the generic kernel has the cloud kernel's release %s: the harness passed the same kernel twice", version)
 	}
-	v := startGovmm(t, e.govmm, "run", "--modules", modules, kernel)
-	v.expect(shellReady, bootTimeout)
+	v := bootToShell(t, "", e.govmm, "run", "--modules", modules, kernel)
 
 	// /proc/modules names modules as the kernel does, with "_" for "-"
 	// (pvpanic-mmio.ko is pvpanic_mmio). The typed line holds "mods=$(",
