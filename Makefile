@@ -58,7 +58,7 @@ unit:
 # in the QEMU-TCG test host, guests under dirty logging stall or crash now
 # and then (TCG's emulated nested paging), so those scenarios cannot gate
 # CI there. On hardware KVM they run directly; run them by hand.
-MIGRATION_SCENARIOS := TestMigrateDirtier|TestMigratePingPong
+MIGRATION_SCENARIOS := TestMigrateDirtier|TestMigratePingPong|TestMigrateDestinationKilled
 
 test: deps vet
 	K=$$(tests/fetch-kernel.sh cloud) && \
