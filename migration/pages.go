@@ -68,12 +68,6 @@ func (b bitmap) setAll(pages uint64) {
 
 func (b bitmap) clear() { clear(b) }
 
-func (b bitmap) or(c bitmap) {
-	for i := range b {
-		b[i] |= c[i]
-	}
-}
-
 func (b bitmap) count() uint64 {
 	var n int
 	for _, w := range b {

@@ -7,11 +7,9 @@ package vmm
 
 // CPUIDConfig describes the machine-specific parts of CPUID.
 type CPUIDConfig struct {
-	VCPUID        int    // this vCPU's index and APIC ID
-	NumVCPUs      int    // vCPUs in the VM
-	TSCKHz        uint32 // guest TSC frequency, from KVM_GET_TSC_KHZ
-	TSCDeadline   bool   // KVM_CAP_TSC_DEADLINE_TIMER: advertise the LAPIC TSC-deadline mode
-	HypervisorMax uint32 // highest hypervisor leaf (0x40000010 with the timing leaf)
+	VCPUID      int    // this vCPU's index and APIC ID
+	TSCKHz      uint32 // guest TSC frequency, from KVM_GET_TSC_KHZ
+	TSCDeadline bool   // KVM_CAP_TSC_DEADLINE_TIMER: advertise the LAPIC TSC-deadline mode
 }
 
 // CPUID leaves and bits used below (Intel SDM Vol. 2A "CPUID"; KVM's

@@ -82,7 +82,7 @@ func newGuestVM(t *testing.T, layout []vmm.MemoryRegion, program []byte, load bo
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := v.SetCPUID(vmm.GuestCPUID(supported, vmm.CPUIDConfig{VCPUID: 0, NumVCPUs: 1})); err != nil {
+	if err := v.SetCPUID(vmm.GuestCPUID(supported, vmm.CPUIDConfig{VCPUID: 0})); err != nil {
 		t.Fatal(err)
 	}
 	if err := vm.MMIO.Register(uint64(testguest.Doorbell), vmm.PageSize, "doorbell", g.bell); err != nil {

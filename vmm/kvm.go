@@ -348,10 +348,6 @@ type CPUIDEntry struct {
 	_        [3]uint32
 }
 
-// cpuidSignificantIndex is KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the leaf has
-// sub-leaves selected by ECX.
-const cpuidSignificantIndex = 1
-
 // maxCPUIDEntries bounds the kvm_cpuid2 array we hand to the kernel; KVM
 // itself caps it at 256 (KVM_MAX_CPUID_ENTRIES).
 const maxCPUIDEntries = 256

@@ -3,7 +3,6 @@ package vmm
 import (
 	"errors"
 	"fmt"
-	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -97,14 +96,6 @@ func (k *KVM) MSRIndexList() ([]uint32, error) {
 		return nil, fmt.Errorf("KVM_GET_MSR_INDEX_LIST: %w", err)
 	}
 	return append([]uint32(nil), l.Indices[:l.NMSRs]...), nil
-}
-
-// IsPVM reports whether /dev/kvm is backed by the PVM module (a paravirtual
-// KVM that runs stock Linux kernels only by emulating them; see
-// shared/notes/environment.md). Tests use it to pick their environment.
-func IsPVM() bool {
-	_, err := os.Stat("/sys/module/kvm_pvm")
-	return err == nil
 }
 
 // CreateVM creates an empty virtual machine: no memory, no vCPUs, no

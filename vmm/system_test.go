@@ -29,7 +29,7 @@ func TestGuestCPUIDDescribesTheMachine(t *testing.T) {
 		{Function: cpuidLeafHypervisor, EAX: 0x40000001, EBX: 0x4b4d564b},
 		{Function: cpuidLeafKVMFeatures, EAX: 0x1},
 	}
-	out := GuestCPUID(supported, CPUIDConfig{VCPUID: 3, NumVCPUs: 4, TSCKHz: 2_500_000, TSCDeadline: true})
+	out := GuestCPUID(supported, CPUIDConfig{VCPUID: 3, TSCKHz: 2_500_000, TSCDeadline: true})
 	find := func(fn uint32) CPUIDEntry {
 		for _, e := range out {
 			if e.Function == fn {

@@ -61,13 +61,10 @@ func run(o runOptions) error {
 	}
 	defer m.Close()
 
-	// 3. The initramfs: the user's, or govmm's default one built now. The
-	//    memory size is checked again once the initrd's size is known.
+	// 3. The initramfs: the user's, or govmm's default one built now.
+	//    (boot.Load checks that kernel and initrd fit in --mem.)
 	initrd, err := loadInitrd(o, kernel)
 	if err != nil {
-		return err
-	}
-	if err := checkMemory(o.Memory, kernel, len(initrd)); err != nil {
 		return err
 	}
 

@@ -269,13 +269,12 @@ func waitAPI(t testing.TB, v *vm, path string) {
 
 // migrateRun is one `govmm migrate`, started by startMigrate.
 type migrateRun struct {
-	t      testing.TB
-	cmd    *exec.Cmd
-	out    *console // stdout and stderr together
-	json   string   // the --json report file
-	done   chan struct{}
-	err    error // cmd.Wait's result, valid after done
-	status int
+	t    testing.TB
+	cmd  *exec.Cmd
+	out  *console // stdout and stderr together
+	json string   // the --json report file
+	done chan struct{}
+	err  error // cmd.Wait's result, valid after done
 }
 
 // migrateResult is what a finished `govmm migrate` left.

@@ -10,7 +10,9 @@
 // boot.Load), Run and the Exit it returns (exit.go). For live migration,
 // state.go saves and restores everything but RAM (SaveState, RestoreState:
 // the destination calls New, then RestoreState instead of LoadLinux), and
-// cpuid.go checks that the destination's CPU can run the guest.
+// cpuid.go checks that the destination's CPU can run the guest, and
+// migrate.go presents the machine to package migration: as a Source
+// (MigrationSource) and as a Destination built from the incoming layout.
 //
 // Next: package boot for what LoadLinux writes into RAM, package devices for
 // what answers the guest on the buses.

@@ -171,7 +171,7 @@ func (m *Machine) createVCPUs() error {
 		}
 		tscKHz, _ := v.TSCKHz() // 0 if unknown: the timing leaf is then omitted
 		cpuid := vmm.GuestCPUID(supported, vmm.CPUIDConfig{
-			VCPUID: id, NumVCPUs: m.cfg.NumVCPUs, TSCKHz: tscKHz,
+			VCPUID: id, TSCKHz: tscKHz,
 			TSCDeadline: m.kvm.CheckExtension(vmm.CapTSCDeadlineTimer) > 0,
 		})
 		if err := v.SetCPUID(cpuid); err != nil {
@@ -207,7 +207,7 @@ func (m *Machine) LoadLinux(k *boot.Kernel, cmdline string, initrd []byte) error
 	if err != nil {
 		return fmt.Errorf("building ACPI tables: %w", err)
 	}
-	if _, err := m.VM.Memory.WriteAt(tables.Data, int64(boot.ACPIAddr)); err != nil {
+	if _, err := m.VM.Memory.WriteAt(tables.Data, int64(tables.Base)); err != nil {
 		return fmt.Errorf("writing ACPI tables: %w", err)
 	}
 	if _, err := boot.Load(m.VM.Memory, k, boot.Config{

@@ -44,9 +44,6 @@ type Console struct {
 	guest    io.Writer // the UART's input
 	commands map[byte]Command
 
-	mu      sync.Mutex
-	restore func()
-
 	prompting *Command // reading a line for this command
 	line      []byte
 }
