@@ -70,3 +70,41 @@ func (v *VCPU) SetupVirtualWire() error {
 	}
 	return v.SetLAPIC(l)
 }
+
+// XCR0 bits (Intel SDM Vol. 1 §13.3) that Linux never enables: MPX's
+// BNDREGS and BNDCSR, dropped from the kernel in 5.6.
+const (
+	xcr0X87        = 1 << 0
+	xcr0MPXState   = 1<<3 | 1<<4
+	cpuidLeafXSAVE = 0xD // subleaf 0: EDX:EAX = XCR0 bits the CPU supports
+)
+
+// BootXCR0 is the XCR0 a vCPU starts with: every user state component the
+// guest's CPUID offers, which is exactly what Linux programs with XSETBV in
+// fpu__init_cpu_xstate (arch/x86/kernel/fpu/xstate.c).
+//
+// A real CPU resets XCR0 to 1 (x87 only), and on real hardware the
+// difference is invisible: the guest's XSETBV exits to KVM, which records the
+// new value. It matters under nested virtualization on QEMU's TCG, the test
+// host of tests/testhost: TCG's nested SVM lets the guest's XSETBV change
+// XCR0 without an exit, so KVM never learns the guest's value, reloads its
+// own stale copy on every VM entry, and reports the wrong CPUID 0xD.EBX
+// ("XSAVE consistency problem" at boot, then user AVX state that comes and
+// goes). Starting from the value Linux will write keeps both views equal.
+//
+// ok is false when the CPUID has no XSAVE leaf: XCR0 is then left alone.
+func BootXCR0(cpuid []CPUIDEntry) (xcr0 uint64, ok bool) {
+	for _, e := range cpuid {
+		if e.Function == cpuidLeafXSAVE && e.Index == 0 {
+			return (uint64(e.EDX)<<32|uint64(e.EAX))&^xcr0MPXState | xcr0X87, true
+		}
+	}
+	return 0, false
+}
+
+// SetXCR0 writes XCR0 (KVM_SET_XCRS).
+func (v *VCPU) SetXCR0(value uint64) error {
+	x := XCRs{NrXCRs: 1}
+	x.XCRs[0] = XCR{XCR: 0, Value: value}
+	return v.SetXCRs(x)
+}
