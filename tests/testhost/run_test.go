@@ -3,6 +3,7 @@ package testhost
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"regexp"
 	"strings"
@@ -35,7 +36,14 @@ func TestLinuxInTestHost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 
-	logw := &lineLogger{t: t}
+	// With -v the test host's console streams live; otherwise only a
+	// failure shows it, summary first (see reportFailure).
+	var logw io.Writer = io.Discard
+	if testing.Verbose() {
+		live := &lineLogger{t: t}
+		defer live.flush()
+		logw = live
+	}
 	h, err := Prepare(ctx, Options{WorkDir: t.TempDir(), Log: logw, Mode: mode})
 	if err != nil {
 		t.Fatal(err)
@@ -53,12 +61,13 @@ func TestLinuxInTestHost(t *testing.T) {
 		Console: logw,
 		Timeout: budget,
 	})
-	logw.flush()
 	t.Logf("test host ready after %.1fs; whole run %.1fs (mode %s)", res.Ready.Seconds(), res.Duration.Seconds(), h.Mode)
 	if err != nil {
+		reportFailure(t, res.Output)
 		t.Fatal(err)
 	}
 	if res.Status != 0 {
+		reportFailure(t, res.Output)
 		t.Fatalf("tests/linux exited with status %d", res.Status)
 	}
 	if !regexp.MustCompile(`(?m)^PASS\r?$`).Match(res.Output) {
@@ -73,6 +82,34 @@ func mustDeadline(ctx context.Context) time.Time {
 	d, _ := ctx.Deadline()
 	return d
 }
+
+// reportFailure logs, when not already shown live, which scenarios failed
+// and why (their --- FAIL lines and error messages, without the console
+// lines around them), then the last lines of the whole output.
+func reportFailure(t *testing.T, output []byte) {
+	if testing.Verbose() {
+		return
+	}
+	lines := strings.Split(strings.ReplaceAll(string(output), "\r", ""), "\n")
+	var summary []string
+	for _, l := range lines {
+		trimmed := strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(trimmed, "--- FAIL"), strings.HasPrefix(trimmed, "panic:"):
+			summary = append(summary, l)
+		case scenarioMessage.MatchString(trimmed) && !consoleLine.MatchString(trimmed):
+			summary = append(summary, l)
+		}
+	}
+	t.Logf("failures reported by the scenarios:\n%s", strings.Join(summary, "\n"))
+	const tail = 150
+	t.Logf("last %d lines of the test host's output:\n%s", tail, strings.Join(lines[max(0, len(lines)-tail):], "\n"))
+}
+
+var (
+	scenarioMessage = regexp.MustCompile(`^\w+_test\.go:\d+: `)                                  // a t.Log/t.Error line
+	consoleLine     = regexp.MustCompile(`^\w+_test\.go:\d+: (\S+ )?(console|stderr|migrate): `) // a console echo
+)
 
 // lineLogger passes a byte stream to t.Logf line by line (live with -v).
 type lineLogger struct {
