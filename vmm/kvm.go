@@ -315,6 +315,25 @@ type DebugRegs struct {
 	_     [9]uint64
 }
 
+// irqfd is struct kvm_irqfd.
+type irqfd struct {
+	FD         uint32
+	GSI        uint32
+	Flags      uint32
+	ResampleFD uint32
+	_          [16]uint8
+}
+
+// ioeventfd is struct kvm_ioeventfd.
+type ioeventfd struct {
+	DataMatch uint64
+	Addr      uint64
+	Len       uint32
+	FD        int32
+	Flags     uint32
+	_         [36]uint8
+}
+
 // XCR is one struct kvm_xcr.
 type XCR struct {
 	XCR   uint32

@@ -61,6 +61,8 @@ func TestIoctlNumbersMatchStructSizes(t *testing.T) {
 		{"KVM_GET_XCRS", kvmGetXCRs, read, 0xa6, XCRs{}},
 		{"KVM_SET_XCRS", kvmSetXCRs, write, 0xa7, XCRs{}},
 		{"KVM_CLEAR_DIRTY_LOG", kvmClearDirtyLog, read | write, 0xc0, [3]uint64{}},
+		{"KVM_IRQFD", kvmIRQFD, write, 0x76, irqfd{}},
+		{"KVM_IOEVENTFD", kvmIOEventFD, write, 0x79, ioeventfd{}},
 	}
 	for _, c := range cases {
 		size := binary.Size(c.arg)
