@@ -1,6 +1,8 @@
 package acpi
 
 import (
+	"fmt"
+
 	"govmm/boot/acpi/aml"
 	"govmm/devices/acpipm"
 	"govmm/devices/pvpanic"
@@ -10,6 +12,14 @@ import (
 // DSDT, "Differentiated System Description Table" (ACPI 6.4 §5.2.11.1):
 // a header followed by AML. Revision 2 makes AML integers 64 bits wide.
 const dsdtRevision = 2
+
+// virtioMMIOHID is the _HID of a virtio-mmio device (Linaro's ACPI vendor
+// prefix LNRO, as on arm64 QEMU's virt machine).
+const virtioMMIOHID = "LNRO0005"
+
+// MaxVirtioMMIO bounds the virtio-mmio devices a DSDT describes: their
+// names are VR00 to VRFF.
+const MaxVirtioMMIO = 256
 
 // dsdtAML returns the DSDT's definition block, in ASL:
 //
@@ -31,6 +41,26 @@ const dsdtRevision = 2
 //	    }
 //	}
 //
+// Each virtio-mmio device adds (n counting from 0, in hex):
+//
+//	Device (VRnn) {
+//	    Name (_HID, "LNRO0005")           // virtio-mmio
+//	    Name (_UID, n)
+//	    Name (_STA, 0x0F)
+//	    Name (_CRS, ResourceTemplate () {
+//	        Memory32Fixed (ReadWrite, base, size)
+//	        Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi }
+//	    })
+//	}
+//
+// "LNRO0005" is the ACPI ID Linux's virtio_mmio driver matches
+// (drivers/virtio/virtio_mmio.c, virtio_mmio_acpi_match); ACPI enumerates
+// it as a platform device with these two resources. It is the only way in
+// for Debian's kernels, which are built without the virtio_mmio.device=
+// command-line option (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES). The interrupt is
+// an edge: the device signals each batch of used buffers once, through an
+// irqfd, and the driver reads and acknowledges InterruptStatus.
+//
 // \_S5_ (§7.4.2 "\_Sx (System States)") tells OSPM what to write into
 // SLP_TYP to power off; it must equal acpipm.SleepTypeS5. Only S5 is
 // offered, so Linux will not try to suspend.
@@ -46,6 +76,33 @@ const dsdtRevision = 2
 // _STA 0x0F is "present, enabled, shown in UI, functioning" (§6.3.7).
 func dsdtAML(cfg Config) ([]byte, error) {
 	port := cfg.PVPanicPort
+	devices := []aml.Term{
+		aml.Device("COM1",
+			aml.Name("_HID", aml.EISAID("PNP0501")),
+			aml.Name("_UID", aml.Integer(1)),
+			aml.Name("_STA", aml.Integer(0x0F)),
+			aml.Name("_CRS", aml.ResourceTemplate(
+				aml.IO(serial.COM1Base, serial.COM1Base, 1, serial.RegisterCount),
+				aml.IRQNoFlags(serial.COM1IRQ),
+			)),
+		),
+		aml.Device("PEVT",
+			aml.Name("_HID", aml.String(pvpanic.HID)),
+			aml.Name("_CRS", aml.ResourceTemplate(aml.IO(port, port, 1, 1))),
+			aml.Name("_STA", aml.Integer(0x0F)),
+		),
+	}
+	for i, d := range cfg.VirtioMMIO {
+		devices = append(devices, aml.Device(fmt.Sprintf("VR%02X", i),
+			aml.Name("_HID", aml.String(virtioMMIOHID)),
+			aml.Name("_UID", aml.Integer(uint64(i))),
+			aml.Name("_STA", aml.Integer(0x0F)),
+			aml.Name("_CRS", aml.ResourceTemplate(
+				aml.Memory32Fixed(uint32(d.Base), d.Size),
+				aml.InterruptEdgeHigh(d.GSI),
+			)),
+		))
+	}
 	return aml.Encode(
 		aml.Name("_S5_", aml.Package(
 			aml.Integer(acpipm.SleepTypeS5),
@@ -53,21 +110,6 @@ func dsdtAML(cfg Config) ([]byte, error) {
 			aml.Integer(0),
 			aml.Integer(0),
 		)),
-		aml.Scope(`\_SB_`,
-			aml.Device("COM1",
-				aml.Name("_HID", aml.EISAID("PNP0501")),
-				aml.Name("_UID", aml.Integer(1)),
-				aml.Name("_STA", aml.Integer(0x0F)),
-				aml.Name("_CRS", aml.ResourceTemplate(
-					aml.IO(serial.COM1Base, serial.COM1Base, 1, serial.RegisterCount),
-					aml.IRQNoFlags(serial.COM1IRQ),
-				)),
-			),
-			aml.Device("PEVT",
-				aml.Name("_HID", aml.String(pvpanic.HID)),
-				aml.Name("_CRS", aml.ResourceTemplate(aml.IO(port, port, 1, 1))),
-				aml.Name("_STA", aml.Integer(0x0F)),
-			),
-		),
+		aml.Scope(`\_SB_`, devices...),
 	)
 }

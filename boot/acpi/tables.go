@@ -35,7 +35,18 @@ type Config struct {
 	Base        uint64 // guest-physical address the blob will be copied to (16-byte aligned)
 	PMBase      uint16 // I/O port of the acpipm register block
 	PVPanicPort uint16 // I/O port of the pvpanic device
+	VirtioMMIO  []VirtioMMIO
 }
+
+// VirtioMMIO is one virtio-mmio device for the DSDT to describe.
+type VirtioMMIO struct {
+	Base uint64 // guest-physical address of its register block, below 4 GiB
+	Size uint32 // length of the register block
+	GSI  uint32 // its interrupt, an IOAPIC pin (edge-triggered, active high)
+}
+
+// ioapicPins is how many GSIs the IOAPIC of the MADT (and KVM's) has.
+const ioapicPins = 24
 
 // Tables is the result of Build.
 type Tables struct {
@@ -57,6 +68,18 @@ func Build(cfg Config) (*Tables, error) {
 	}
 	if cfg.PVPanicPort == 0 {
 		return nil, fmt.Errorf("acpi: pvpanic port must not be 0")
+	}
+
+	for i, d := range cfg.VirtioMMIO {
+		if d.Size == 0 || d.Base+uint64(d.Size) > 1<<32 {
+			return nil, fmt.Errorf("acpi: virtio-mmio device %d at %#x+%#x is not below 4 GiB", i, d.Base, d.Size)
+		}
+		if d.GSI >= ioapicPins {
+			return nil, fmt.Errorf("acpi: virtio-mmio device %d: GSI %d, the IOAPIC has %d pins", i, d.GSI, ioapicPins)
+		}
+	}
+	if len(cfg.VirtioMMIO) > MaxVirtioMMIO {
+		return nil, fmt.Errorf("acpi: %d virtio-mmio devices, at most %d", len(cfg.VirtioMMIO), MaxVirtioMMIO)
 	}
 
 	dsdtBody, err := dsdtAML(cfg)

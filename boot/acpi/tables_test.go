@@ -11,6 +11,7 @@ import (
 
 	"govmm/devices/acpipm"
 	"govmm/devices/pvpanic"
+	"govmm/tests/tools"
 )
 
 var testConfig = Config{
@@ -270,13 +271,16 @@ func TestLayoutAtOtherBase(t *testing.T) {
 
 func TestBuildRejectsBadConfig(t *testing.T) {
 	for name, mutate := range map[string]func(*Config){
-		"no vCPUs":        func(c *Config) { c.NumVCPUs = 0 },
-		"too many vCPUs":  func(c *Config) { c.NumVCPUs = MaxVCPUs + 1 },
-		"unaligned base":  func(c *Config) { c.Base = DefaultBase + 4 },
-		"PM base 0":       func(c *Config) { c.PMBase = 0 },
-		"PM block wraps":  func(c *Config) { c.PMBase = 0xfffe },
-		"pvpanic port 0":  func(c *Config) { c.PVPanicPort = 0 },
-		"base wraps 2^64": func(c *Config) { c.Base = ^uint64(0) &^ 15 },
+		"virtio above 4 GiB": func(c *Config) { c.VirtioMMIO = []VirtioMMIO{{Base: 0xffffff00, Size: 0x200, GSI: 16}} },
+		"virtio no size":     func(c *Config) { c.VirtioMMIO = []VirtioMMIO{{Base: 0xd0000000, GSI: 16}} },
+		"virtio GSI 24":      func(c *Config) { c.VirtioMMIO = []VirtioMMIO{{Base: 0xd0000000, Size: 0x200, GSI: 24}} },
+		"no vCPUs":           func(c *Config) { c.NumVCPUs = 0 },
+		"too many vCPUs":     func(c *Config) { c.NumVCPUs = MaxVCPUs + 1 },
+		"unaligned base":     func(c *Config) { c.Base = DefaultBase + 4 },
+		"PM base 0":          func(c *Config) { c.PMBase = 0 },
+		"PM block wraps":     func(c *Config) { c.PMBase = 0xfffe },
+		"pvpanic port 0":     func(c *Config) { c.PVPanicPort = 0 },
+		"base wraps 2^64":    func(c *Config) { c.Base = ^uint64(0) &^ 15 },
 	} {
 		cfg := testConfig
 		mutate(&cfg)
@@ -305,12 +309,11 @@ func writeTables(t *testing.T, tb *Tables, dir string) {
 // them without complaint, and acpiexec, the same interpreter Linux runs,
 // must evaluate \_S5_ and the pvpanic device.
 func TestIASLDisassembly(t *testing.T) {
-	iasl, err := exec.LookPath("iasl")
-	if err != nil {
-		t.Skip("iasl not installed (apt-get install acpica-tools); the pure-Go tests above still ran")
-	}
+	iasl := tools.Need(t, "iasl", "acpica-tools")
 	dir := t.TempDir()
-	writeTables(t, build(t, testConfig), dir)
+	cfg := testConfig
+	cfg.VirtioMMIO = []VirtioMMIO{{Base: 0xd0000000, Size: 0x200, GSI: 16}, {Base: 0xd0001000, Size: 0x200, GSI: 17}}
+	writeTables(t, build(t, cfg), dir)
 
 	for _, sig := range []string{"DSDT", "FACP", "APIC", "XSDT"} {
 		out, err := exec.Command(iasl, "-d", filepath.Join(dir, sig+".dat")).CombinedOutput()
@@ -331,7 +334,10 @@ func TestIASLDisassembly(t *testing.T) {
 		case "DSDT":
 			want = []string{"Name (_S5, Package (0x04)", "0x05,", `Scope (\_SB)`, "Device (PEVT)",
 				`Name (_HID, "QEMU0001")`, "IO (Decode16", "0x0505", "Name (_STA, 0x0F)",
-				"Device (COM1)", `EisaId ("PNP0501")`, "0x03F8", "IRQNoFlags ()", "{4}"}
+				"Device (COM1)", `EisaId ("PNP0501")`, "0x03F8", "IRQNoFlags ()", "{4}",
+				"Device (VR00)", "Device (VR01)", `Name (_HID, "LNRO0005")`,
+				"Memory32Fixed (ReadWrite,\n                    0xD0001000,", "0x00000200,",
+				"Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )\n                {\n                    0x00000011,"}
 		case "FACP":
 			want = []string{"Hardware Reduced (V5) : 1", "Reset Register Supported (V2) : 1",
 				"CMOS RTC Not Present (V5) : 1", "8042 Present on ports 60/64 (V2) : 0",
@@ -348,16 +354,13 @@ func TestIASLDisassembly(t *testing.T) {
 		}
 	}
 
-	acpiexec, err := exec.LookPath("acpiexec")
-	if err != nil {
-		return
-	}
-	out, err := exec.Command(acpiexec, "-b", `evaluate \_S5_; evaluate \_SB.PEVT._HID; evaluate \_SB.PEVT._STA; evaluate \_SB.COM1._HID`,
+	acpiexec := tools.Need(t, "acpiexec", "acpica-tools")
+	out, err := exec.Command(acpiexec, "-b", `evaluate \_S5_; evaluate \_SB.PEVT._HID; evaluate \_SB.PEVT._STA; evaluate \_SB.COM1._HID; evaluate \_SB.VR01._HID`,
 		filepath.Join(dir, "DSDT.dat")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("acpiexec: %v\n%s", err, out)
 	}
-	for _, w := range []string{"Contains 4 Elements", "[Integer] = 0000000000000005", `[String] Length 08 = "QEMU0001"`, "[Integer] = 000000000000000F", "[Integer] = 000000000105D041"} {
+	for _, w := range []string{"Contains 4 Elements", "[Integer] = 0000000000000005", `[String] Length 08 = "QEMU0001"`, "[Integer] = 000000000000000F", "[Integer] = 000000000105D041", `[String] Length 08 = "LNRO0005"`} {
 		if !strings.Contains(string(out), w) {
 			t.Errorf("acpiexec output lacks %q:\n%s", w, out)
 		}

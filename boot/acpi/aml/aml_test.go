@@ -188,3 +188,14 @@ func TestIRQNoFlags(t *testing.T) {
 		t.Error("IRQNoFlags(16) accepted")
 	}
 }
+
+func TestMemory32FixedAndInterrupt(t *testing.T) {
+	got, err := Encode(ResourceTemplate(Memory32Fixed(0xd0000000, 0x200), InterruptEdgeHigh(16)))
+	want := []byte{0x11, 0x1a, 0x0a, 0x17, // Buffer, PkgLength, BytePrefix 23
+		0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x02, 0x00, 0x00, // Memory32Fixed RW
+		0x89, 0x06, 0x00, 0x03, 0x01, 0x10, 0x00, 0x00, 0x00, // Interrupt consumer|edge, 1 GSI: 16
+		0x79, 0x00}
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("template = % x, %v; want % x", got, err, want)
+	}
+}

@@ -65,3 +65,41 @@ func ResourceTemplate(descs ...Resource) Term {
 		return Buffer(append(b, endTag, 0)).appendAML(dst)
 	})
 }
+
+// Large resource descriptors (§6.4.3) start with a tag byte and a 16-bit
+// length of the data that follows.
+const (
+	memory32FixedTag = 0x86 // 32-Bit Fixed Memory Range Descriptor (§6.4.3.4)
+	extendedIRQTag   = 0x89 // Extended Interrupt Descriptor (§6.4.3.6)
+
+	memoryReadWrite = 1 << 0 // _RW: the range is writable
+
+	irqConsumer = 1 << 0 // the device consumes the interrupt (not a bridge passing it on)
+	irqEdge     = 1 << 1 // _HE: edge-triggered (else level)
+	// Bits 2-4 (_LL active low, _SHR shared, _WKC wake capable) stay 0:
+	// active high, exclusive, no wake.
+)
+
+func large(dst []byte, tag byte, data ...byte) []byte {
+	return append(append(dst, tag, byte(len(data)), byte(len(data)>>8)), data...)
+}
+
+func le32(v uint32) []byte { return []byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)} }
+
+// Memory32Fixed is ASL Memory32Fixed(ReadWrite, base, length): a register
+// block at a fixed guest-physical address below 4 GiB.
+func Memory32Fixed(base, length uint32) Resource {
+	return resourceFunc(func(dst []byte) ([]byte, error) {
+		data := append([]byte{memoryReadWrite}, le32(base)...)
+		return large(dst, memory32FixedTag, append(data, le32(length)...)...), nil
+	})
+}
+
+// InterruptEdgeHigh is ASL Interrupt(ResourceConsumer, Edge, ActiveHigh,
+// Exclusive) { gsi }: one interrupt by its GSI number, which unlike
+// IRQNoFlags reaches beyond the ISA range, up to every IOAPIC pin.
+func InterruptEdgeHigh(gsi uint32) Resource {
+	return resourceFunc(func(dst []byte) ([]byte, error) {
+		return large(dst, extendedIRQTag, append([]byte{irqConsumer | irqEdge, 1}, le32(gsi)...)...), nil
+	})
+}
