@@ -9,7 +9,7 @@ export CGO_ENABLED := 0
 
 # Debian packages the project needs: the test host (QEMU, busybox-static),
 # the kernel fetcher (kmod, for depmod) and the ACPI table checks (iasl).
-DEBS := qemu-system-x86 busybox-static kmod acpica-tools
+DEBS := qemu-system-x86 busybox-static kmod acpica-tools nbdkit qemu-utils e2fsprogs
 
 .PHONY: all build run test test-migration unit vet deps bench clean
 
@@ -57,12 +57,16 @@ unit:
 # Migrating a Linux guest that rewrites memory is left to test-migration:
 # in the QEMU-TCG test host, guests under dirty logging stall or crash now
 # and then (TCG's emulated nested paging), so those scenarios cannot gate
-# CI there. On hardware KVM they run directly; run them by hand.
-MIGRATION_SCENARIOS := TestMigrateDirtier|TestMigratePingPong|TestMigrateDestinationKilled
+# CI there (TestMigrateWithDisk too). On hardware KVM they run directly;
+# run them by hand.
+#
+# GOVMM_REQUIRE_TOOLS=1 turns a test's missing tool (nbdkit, qemu-nbd,
+# mkfs.ext4) from a skip into a failure: make deps installs them all.
+MIGRATION_SCENARIOS := TestMigrateDirtier|TestMigratePingPong|TestMigrateDestinationKilled|TestMigrateWithDisk
 
 test: deps vet
 	K=$$(tests/fetch-kernel.sh cloud) && \
-	GOVMM_SKIP_TESTHOST=1 GOVMM_TEST_KERNEL=$$(ls $$K/boot/vmlinuz-*) $(GO) test -count=1 ./...
+	GOVMM_SKIP_TESTHOST=1 GOVMM_REQUIRE_TOOLS=1 GOVMM_TEST_KERNEL=$$(ls $$K/boot/vmlinuz-*) $(GO) test -count=1 ./...
 	GOVMM_TESTHOST_SKIP='$(MIGRATION_SCENARIOS)' $(GO) test -count=1 -timeout 40m -run TestLinuxInTestHost ./tests/testhost
 
 test-migration: deps

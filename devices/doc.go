@@ -5,9 +5,12 @@
 //	i8042    the PS/2 controller's CPU-reset command (ports 0x60, 0x64)
 //	acpipm   hardware-reduced ACPI sleep and reset registers (0x600): power off, reboot
 //	pvpanic  QEMU's panic notification port (0x505)
+//	virtio   virtqueues and the virtio-mmio transport (0xd0000000 + n*0x1000, GSI 16+n)
+//	virtio/blk  virtio-blk: a disk, backed by package disk
+//	disk     disk backends: image files and NBD exports (disk/nbd: the NBD protocol)
 //
 // The ACPI tables that tell the guest where these are live in boot/acpi;
-// the machine that creates and wires them lives in package vmm.
+// the machine that creates and wires them lives in package vmm/machine.
 //
 // # How an access reaches a device
 //
@@ -56,5 +59,8 @@
 //
 // Start with pvpanic (the smallest complete device: one port, one handler),
 // then acpipm and i8042, then serial, the one with real register semantics,
-// interrupts and a second goroutine.
+// interrupts and a second goroutine. Then virtio (its doc.go), the devices
+// that do their I/O on goroutines of their own: a guest write to a queue's
+// notify register reaches them through an ioeventfd, and they interrupt
+// through an irqfd (vmm/eventfd.go), so the vCPU never waits for a disk.
 package devices

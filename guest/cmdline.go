@@ -78,6 +78,9 @@ type Options struct {
 	// (govmm.console=ttyS0 or /dev/ttyS0). Empty means: /dev/ttyS0 if it
 	// opens, else /dev/console.
 	Console string
+	// NoMount keeps init from mounting the virtio disks that hold a
+	// filesystem (govmm.mount=off; see MountDisks).
+	NoMount bool
 }
 
 // DefaultShell is the shell init starts when govmm.shell is not given.
@@ -101,6 +104,14 @@ func OptionsFromCmdline(line string) (opts Options, unknown []string) {
 				val = "/dev/" + val
 			}
 			opts.Console = val
+		case "mount":
+			switch val {
+			case "off", "0", "no":
+				opts.NoMount = true
+			case "on", "1", "yes", "":
+			default:
+				unknown = append(unknown, CmdlinePrefix+key+"="+val)
+			}
 		default:
 			unknown = append(unknown, CmdlinePrefix+key)
 		}

@@ -30,7 +30,15 @@ func TestOptionsFromCmdline(t *testing.T) {
 		t.Errorf("unknown = %q", unknown)
 	}
 	opts, unknown = OptionsFromCmdline("govmm.shell=/bin/ash")
-	if opts.Shell != "/bin/ash" || opts.Console != "" || unknown != nil {
+	if opts.Shell != "/bin/ash" || opts.Console != "" || opts.NoMount || unknown != nil {
 		t.Errorf("opts = %+v, unknown = %q", opts, unknown)
+	}
+	opts, unknown = OptionsFromCmdline("govmm.mount=off")
+	if !opts.NoMount || unknown != nil {
+		t.Errorf("govmm.mount=off: opts = %+v, unknown = %q", opts, unknown)
+	}
+	opts, unknown = OptionsFromCmdline("govmm.mount=maybe")
+	if opts.NoMount || !reflect.DeepEqual(unknown, []string{"govmm.mount=maybe"}) {
+		t.Errorf("govmm.mount=maybe: opts = %+v, unknown = %q", opts, unknown)
 	}
 }

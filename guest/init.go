@@ -51,7 +51,8 @@ func logf(format string, args ...any) {
 //
 //  1. mount /dev, /proc, /sys, /tmp, /run and /dev/pts (mountAll), and
 //     read the govmm.* options of /proc/cmdline (OptionsFromCmdline);
-//  2. load the modules of LoadListPath in order (loadModules);
+//  2. load the modules of LoadListPath in order (loadModules), and
+//     mount the virtio disks that hold a file system (MountDisks);
 //  3. set the hostname, print HelpLine and ShellReadyBanner;
 //  4. start the shell on the serial console as a session leader with the
 //     console as its controlling terminal (startShell);
@@ -91,6 +92,7 @@ func Init() {
 		logf("unknown kernel parameter %s ignored", u)
 	}
 	loadModules()
+	MountDisks(opts)
 	if err := unix.Sethostname([]byte(Hostname)); err != nil {
 		logf("sethostname: %v", err)
 	}
@@ -342,6 +344,7 @@ func shutdown(cmd int, why string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	unix.Sync()
+	unmountDisks()
 	if err := unix.Reboot(cmd); err != nil {
 		logf("reboot(2): %v; the VM stays up with nothing running", err)
 	}

@@ -35,6 +35,10 @@ func DefaultModules() []string {
 		"virtio", "virtio_ring", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
 		"virtio_pci", "virtio_mmio", "virtio_blk",
 		"failover", "net_failover", "virtio_net",
+		// ext4 for the disks init mounts (MountDisks), and the crc32c
+		// it needs for metadata checksums: a soft dependency, which
+		// modules.dep does not list.
+		"crc32c_generic", "ext4",
 	}
 }
 

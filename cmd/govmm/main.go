@@ -28,8 +28,12 @@ func main() {
 			runCommand(),
 			receiveCommand(),
 			migrateCommand(),
+			nasCommand(),
 			dirtierCommand(),
 		},
+		// A --disk spec has commas of its own ("disk.img,readonly"): a
+		// repeated flag, not a comma, separates list items.
+		DisableSliceFlagSeparator: true,
 		// Errors are printed once, by main, as "govmm: ...".
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
@@ -75,6 +79,8 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "kvm", Value: "/dev/kvm", Usage: "KVM device"},
 			&cli.StringFlag{Name: "trace-io", Usage: "log every port-I/O and MMIO access of the guest to this file"},
 			&cli.StringFlag{Name: "api", Usage: "control socket (JSON over HTTP; default $XDG_RUNTIME_DIR or /tmp, govmm-PID.sock)"},
+			&cli.StringSliceFlag{Name: "disk", Usage: "a virtio-blk disk: PATH, file:PATH, nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH, \n" +
+				"\tthen ,readonly if wanted (repeat for more disks: /dev/vda, /dev/vdb, ...)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -95,6 +101,7 @@ func runCommand() *cli.Command {
 				KVMDevice: c.String("kvm"),
 				TraceIO:   c.String("trace-io"),
 				API:       c.String("api"),
+				Disks:     c.StringSlice("disk"),
 			})
 		},
 	}

@@ -54,7 +54,10 @@ func receive(listen, apiPath, kvmDevice, jsonPath string) error {
 	defer conn.Close()
 	fmt.Fprintf(os.Stderr, "govmm: receiving a VM from %s\n", conn.RemoteAddr())
 
-	dst := machine.NewDestination(machine.Config{NumVCPUs: 1, SerialOut: os.Stdout, KVMDevice: kvmDevice})
+	dst := machine.NewDestination(machine.Config{
+		NumVCPUs: 1, SerialOut: os.Stdout, KVMDevice: kvmDevice,
+		Log: logToTerminal, Devices: deviceFactory(logToTerminal),
+	})
 	rep, err := migration.Receive(context.Background(), conn, dst, migration.ReceiveOptions{})
 	if jsonPath != "" && rep != nil {
 		writeJSONFile(jsonPath, rep)

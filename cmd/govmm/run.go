@@ -40,6 +40,7 @@ type runOptions struct {
 	KVMDevice string
 	TraceIO   string
 	API       string
+	Disks     []string // --disk specs, in order: vda, vdb, ...
 }
 
 // run is `govmm run`, the boot sequence from a file name to a guest shell.
@@ -60,6 +61,11 @@ func run(o runOptions) error {
 		return err
 	}
 	defer m.Close()
+
+	// 2b. Its virtio devices: a virtio-blk disk for each --disk.
+	if err := plugDisks(m, o.Disks, deviceFactory(logToTerminal)); err != nil {
+		return err
+	}
 
 	// 3. The initramfs: the user's, or govmm's default one built now.
 	//    (boot.Load checks that kernel and initrd fit in --mem.)
@@ -132,6 +138,7 @@ func newMachine(o runOptions, kernel *boot.Kernel) (*machine.Machine, error) {
 		NumVCPUs:    o.CPUs,
 		SerialOut:   os.Stdout,
 		KVMDevice:   o.KVMDevice,
+		Log:         logToTerminal,
 	}
 	if o.TraceIO != "" {
 		f, err := os.Create(o.TraceIO) // closed when govmm exits

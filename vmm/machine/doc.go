@@ -13,6 +13,9 @@
 // cpuid.go checks that the destination's CPU can run the guest, and
 // migrate.go presents the machine to package migration: as a Source
 // (MigrationSource) and as a Destination built from the incoming layout.
+// virtio.go plugs virtio devices into numbered slots (MMIO block, GSI,
+// ioeventfd per queue, irqfd), lists them for ACPI, and rebuilds them on a
+// migration destination from the specs the source sends.
 //
 // Next: package boot for what LoadLinux writes into RAM, package devices for
 // what answers the guest on the buses.

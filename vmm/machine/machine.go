@@ -22,6 +22,13 @@ type Config struct {
 	SerialOut   io.Writer // where the guest's console output goes
 	KVMDevice   string    // default /dev/kvm
 	TraceIO     io.Writer // if set, every port-I/O and MMIO access is logged here
+
+	// Log receives device events worth a line on the terminal (a disk
+	// server gone, a guest driver breaking the virtio rules); nil drops them.
+	Log func(format string, args ...any)
+	// Devices builds virtio devices from their specs on a migration
+	// destination, which learns them from the source (virtio.go).
+	Devices DeviceFactory
 }
 
 // Machine is a running PC: the KVM VM, its RAM, its devices and vCPUs.
@@ -41,6 +48,7 @@ type Machine struct {
 	origin     string
 	extraState []Stateful
 	cpuid      [][]vmm.CPUIDEntry // per vCPU, the table given to KVM_SET_CPUID2
+	virtio     []*virtioSlot      // plugged virtio devices, by slot (virtio.go)
 
 	stopOnce sync.Once
 	exitMu   sync.Mutex
@@ -184,6 +192,11 @@ func (m *Machine) createVCPUs() error {
 		if err := v.SetFPU(vmm.BootFPU()); err != nil {
 			return err
 		}
+		if xcr0, ok := vmm.BootXCR0(cpuid); ok && m.kvm.CheckExtension(vmm.CapXCRs) > 0 {
+			if err := v.SetXCR0(xcr0); err != nil {
+				return err
+			}
+		}
 		if err := v.SetupVirtualWire(); err != nil {
 			return err
 		}
@@ -203,6 +216,7 @@ func (m *Machine) LoadLinux(k *boot.Kernel, cmdline string, initrd []byte) error
 		NumVCPUs:    m.cfg.NumVCPUs,
 		PVPanicPort: PVPanicPort,
 		PMBase:      ACPIPMPort,
+		VirtioMMIO:  m.acpiVirtio(),
 	})
 	if err != nil {
 		return fmt.Errorf("building ACPI tables: %w", err)
@@ -224,6 +238,7 @@ func (m *Machine) LoadLinux(k *boot.Kernel, cmdline string, initrd []byte) error
 // stops: the guest powered off, reset, panicked or crashed, or Stop was
 // called. The first reason wins.
 func (m *Machine) Run() Exit {
+	m.resumeDevices() // a restored machine's devices wait for this
 	vcpus := m.VM.VCPUs()
 	var wg sync.WaitGroup
 	for _, v := range vcpus {
@@ -296,7 +311,9 @@ func (m *Machine) stop(e Exit) {
 // Stop ends the machine from the host side (Ctrl-A x, a signal).
 func (m *Machine) Stop(detail string) { m.stop(Exit{Reason: ExitQuit, Detail: detail}) }
 
-// Pause parks every vCPU at an instruction boundary.
+// Pause parks every vCPU at an instruction boundary, then quiesces the
+// devices: once it returns, neither the guest nor a device goroutine
+// changes RAM or device state until Resume.
 func (m *Machine) Pause() error {
 	var errs []error
 	for _, v := range m.VM.VCPUs() {
@@ -304,18 +321,30 @@ func (m *Machine) Pause() error {
 			errs = append(errs, err)
 		}
 	}
+	m.pauseDevices()
 	return errors.Join(errs...)
 }
 
-// Resume restarts paused vCPUs.
+// Resume restarts the devices, then the paused vCPUs.
 func (m *Machine) Resume() {
+	m.resumeDevices()
 	for _, v := range m.VM.VCPUs() {
 		v.Resume()
 	}
 }
 
+// logf passes a device event to Config.Log.
+func (m *Machine) logf(format string, args ...any) {
+	if m.cfg.Log != nil {
+		m.cfg.Log(format, args...)
+	}
+}
+
 // Close releases the VM, its memory and the devices' goroutines.
 func (m *Machine) Close() {
+	if m.VM != nil {
+		m.closeVirtio()
+	}
 	if m.Serial != nil {
 		m.Serial.Close()
 	}

@@ -44,7 +44,7 @@ const stateMagic = "govmm machine state"
 // StateFormatVersion is the version of the envelope and of the vmm state
 // it carries (CPUState, VMState). Bump it when either changes
 // incompatibly; devices have their own section versions.
-const StateFormatVersion = 1
+const StateFormatVersion = 2 // 2: virtio devices
 
 // Limits on a decoded state. UNTRUSTED: they bound what a hostile blob can
 // make the decoder allocate or the restore loop do.
@@ -81,6 +81,7 @@ type savedMachine struct {
 	VCPUs   []savedVCPU
 	VM      vmm.VMState
 	Devices []Section
+	Virtio  []virtioState // by slot; each names how to rebuild its device
 }
 
 type savedRegion struct {
@@ -176,6 +177,9 @@ func (m *Machine) SaveState() ([]byte, error) {
 		}
 		s.Devices = append(s.Devices, Section{Name: d.StateName(), Version: d.StateVersion(), Data: data})
 	}
+	if s.Virtio, err = m.saveVirtio(); err != nil {
+		return nil, err
+	}
 	return json.Marshal(s)
 }
 
@@ -243,6 +247,14 @@ func decodeState(blob []byte) (*savedMachine, error) {
 		}
 		seen[d.Name] = true
 	}
+	if len(s.Virtio) > MaxVirtioDevices {
+		return nil, fmt.Errorf("machine state has %d virtio devices, the board has %d slots", len(s.Virtio), MaxVirtioDevices)
+	}
+	for i, v := range s.Virtio {
+		if v.Device.Kind == "" {
+			return nil, fmt.Errorf("machine state: virtio slot %d names no device kind", i)
+		}
+	}
 	return &s, nil
 }
 
@@ -275,6 +287,9 @@ func (m *Machine) RestoreState(blob []byte) error {
 		return err
 	}
 	if err := m.checkCompatible(s); err != nil {
+		return err
+	}
+	if err := m.rebuildVirtio(s.Virtio); err != nil {
 		return err
 	}
 	sections := m.stateSections()
@@ -320,7 +335,7 @@ func (m *Machine) RestoreState(blob []byte) error {
 			return fmt.Errorf("restoring device %q: %w", d.Name, err)
 		}
 	}
-	return nil
+	return m.restoreVirtio(s.Virtio)
 }
 
 func hasSection(list []Section, name string) bool {

@@ -3,6 +3,7 @@ package machine
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -227,7 +228,9 @@ func TestRestoreRejectsBadStates(t *testing.T) {
 		{"too large", make([]byte, maxStateBytes+1), "more than"},
 		{"unknown field", bytes.Replace(good, []byte(`{"Magic"`), []byte(`{"Extra":1,"Magic"`), 1), "unknown field"},
 		{"wrong magic", edit(func(s *savedMachine) { s.Magic = "QEVM" }), "not a govmm machine state"},
-		{"newer format", edit(func(s *savedMachine) { s.Version = 2 }), "format version 2"},
+		{"newer format", edit(func(s *savedMachine) { s.Version = StateFormatVersion + 1 }), fmt.Sprintf("format version %d", StateFormatVersion+1)},
+		{"virtio without kind", edit(func(s *savedMachine) { s.Virtio = []virtioState{{}} }), "virtio slot 0 names no device kind"},
+		{"virtio without factory", edit(func(s *savedMachine) { s.Virtio = []virtioState{{Device: DeviceSpec{Kind: "blk", Spec: "x.img"}}} }), "no way to build them"},
 		{"other memory size", edit(func(s *savedMachine) { s.Memory[0].Size *= 2 }), "same --mem"},
 		{"no memory", edit(func(s *savedMachine) { s.Memory = nil }), "0 memory regions"},
 		{"no vCPUs", edit(func(s *savedMachine) { s.VCPUs = nil }), "0 vCPUs"},
