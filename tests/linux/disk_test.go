@@ -141,8 +141,8 @@ func TestDiskOverNBDSurvivesServerRestart(t *testing.T) {
 	written := m[1]
 
 	stopNAS(t, nas, sock)
-	v.typeLine(`echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda of=/dev/null bs=4k count=1 skip=2048 2>&1 | grep -o 'I/O error' | sed 's/ /_/;s/^/got-/'`)
-	v.expect("got-I/O_error", 2*replyTimeout)
+	v.typeLine(`echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda of=/dev/null bs=4k count=1 skip=2048 2>&1 | grep -o 'Input/output error' | sed 's/ /_/;s/^/got-/'`)
+	v.expect("got-Input/output_error", 2*replyTimeout)
 	if _, err := v.stderr.expect(regexp.MustCompile(`(?i)nbd.*(lost|disconnect|reconnect)`), replyTimeout, v.done); err != nil {
 		t.Errorf("govmm said nothing on stderr about losing its NBD server: %v", err)
 	}
