@@ -1,14 +1,18 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"os"
 	"path/filepath"
 
+	"github.com/urfave/cli/v2"
+
 	"govmm/devices/disk"
 	"govmm/devices/virtio"
 	"govmm/devices/virtio/blk"
+	"govmm/guest"
 	"govmm/vmm/machine"
 )
 
@@ -95,4 +99,21 @@ func plugDisks(m *machine.Machine, args []string, factory machine.DeviceFactory)
 		}
 	}
 	return nil
+}
+
+// diskBenchCommand is `govmm diskbench DEVICE`, the disk benchmark run
+// inside a guest (guest.DiskBench; tests/linux BenchmarkDisk drives it).
+func diskBenchCommand() *cli.Command {
+	return &cli.Command{
+		Name:            "diskbench",
+		Usage:           "disk benchmark: sequential and random O_DIRECT I/O on a block device (run inside the guest)",
+		Hidden:          true,
+		SkipFlagParsing: true,
+		Action: func(c *cli.Context) error {
+			if code := guest.DiskBench(c.Args().Slice(), os.Stdout); code != 0 {
+				return &exitError{code: code, err: errors.New("")}
+			}
+			return nil
+		},
+	}
 }

@@ -30,6 +30,8 @@ func main() {
 			migrateCommand(),
 			nasCommand(),
 			dirtierCommand(),
+			diskBenchCommand(),
+			initramfsCommand(),
 		},
 		// A --disk spec has commas of its own ("disk.img,readonly"): a
 		// repeated flag, not a comma, separates list items.

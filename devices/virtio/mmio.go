@@ -112,6 +112,9 @@ type MMIO struct {
 	// Queues read it without taking mu.
 	needsReset      atomic.Bool
 	interruptStatus atomic.Uint32
+	// configGeneration is ConfigGeneration: it advances each time a
+	// ConfigChanger device reports a change (configchange.go).
+	configGeneration atomic.Uint32
 
 	irqMu      sync.Mutex
 	irqPaused  bool // Pause: interrupts are held back
@@ -160,6 +163,9 @@ func NewMMIO(dev Device, cfg MMIOConfig) *MMIO {
 		m.notified[i] = make(chan struct{}, 1)
 	}
 	m.resetRegisters()
+	if c, ok := dev.(ConfigChanger); ok {
+		c.SetConfigChanged(m.configChanged)
+	}
 	return m
 }
 
@@ -259,9 +265,9 @@ func (m *MMIO) readRegister(offset uint64) uint32 {
 		// region ... results in a length of -1" (§4.2.2).
 		return 0xffffffff
 	case RegConfigGeneration:
-		// The config spaces of the devices here never change while a
-		// driver runs, so there is only ever generation 0 (§2.5.1).
-		return 0
+		// Stays 0 unless the device changes its config space while
+		// the driver runs (a ConfigChanger, §2.5.1).
+		return m.configGeneration.Load()
 	}
 	m.logf("read of write-only or unknown register %#x", offset)
 	return 0

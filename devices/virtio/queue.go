@@ -180,29 +180,44 @@ func (q *Queue) Pop() *Chain {
 // used->idx, and interrupts the guest unless the driver suppressed it.
 // On a device that needs a reset, the rings are left alone (the driver
 // must reset it anyway, and QEMU does the same).
-func (q *Queue) Push(c *Chain) {
+func (q *Queue) Push(c *Chain) { q.PushAll(c) }
+
+// PushAll returns several chains at once, in order: it writes all their
+// used elements, then advances used->idx once, so that the driver sees
+// all of them or none. virtio-net needs this for a frame spread over
+// several receive buffers (VIRTIO_NET_F_MRG_RXBUF, virtio 1.2 §5.1.6.4):
+// Linux's receive_mergeable (drivers/net/virtio_net.c) takes the first
+// buffer, reads num_buffers from it, and drops the frame if the other
+// buffers are not in the used ring yet. QEMU's virtio-net does the same
+// (virtqueue_fill per buffer, one virtqueue_flush).
+func (q *Queue) PushAll(cs ...*Chain) {
 	q.mu.Lock()
-	if c.queue != q || c.pushed {
-		q.mu.Unlock()
-		q.transport.logf("BUG: %v pushed twice or to the wrong queue %d", c, q.index)
-		return
+	var take []*Chain
+	for _, c := range cs {
+		if c.queue != q || c.pushed {
+			q.transport.logf("BUG: %v pushed twice or to the wrong queue %d", c, q.index)
+			continue
+		}
+		c.pushed = true
+		q.inFlight--
+		take = append(take, c)
 	}
-	c.pushed = true
-	q.inFlight--
 	if q.inFlight == 0 {
 		q.idle.Broadcast()
 	}
-	if q.transport.needsReset.Load() {
+	if len(take) == 0 || q.transport.needsReset.Load() {
 		q.mu.Unlock()
 		return
 	}
-	off := 4 + 8*int(q.usedIdx&(q.size-1))
-	binary.LittleEndian.PutUint32(q.usedRing[off:], uint32(c.head))      // id
-	binary.LittleEndian.PutUint32(q.usedRing[off+4:], uint32(c.written)) // len; ≤ maxChainBytes
 	old := q.usedIdx
-	q.usedIdx++
-	q.usedIdxField.store(q.usedIdx) // after the element: the atomic store orders it
-	q.mem.MarkDirty(q.usedGPA+vmm.GPA(off), 8)
+	for _, c := range take {
+		off := 4 + 8*int(q.usedIdx&(q.size-1))
+		binary.LittleEndian.PutUint32(q.usedRing[off:], uint32(c.head))      // id
+		binary.LittleEndian.PutUint32(q.usedRing[off+4:], uint32(c.written)) // len; ≤ maxChainBytes
+		q.mem.MarkDirty(q.usedGPA+vmm.GPA(off), 8)
+		q.usedIdx++
+	}
+	q.usedIdxField.store(q.usedIdx) // after the elements: the atomic store orders it
 	q.mem.MarkDirty(q.usedGPA+2, 2)
 	interrupt := q.needsInterrupt(old, q.usedIdx)
 	q.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"sort"
@@ -135,6 +136,17 @@ func (h *Host) BuildInitramfs(out string, command []string, extra map[string]str
 	if err := a.copy(govmmInHost, h.Govmm, 0o755); err != nil {
 		return err
 	}
+	if h.QEMU != "" {
+		if err := a.hostProgram(h.QEMU); err != nil {
+			return fmt.Errorf("copying QEMU into the test host: %w", err)
+		}
+		for _, rom := range qemuROMs {
+			if err := a.copy(rom, rom, 0o644); err != nil {
+				return fmt.Errorf("copying QEMU's firmware: %w", err)
+			}
+		}
+		exports += " GOVMM_QEMU=" + h.QEMU
+	}
 	names := make([]string, 0, len(extra))
 	for name := range extra {
 		names = append(names, name)
@@ -174,6 +186,43 @@ func (a *archive) dirs(names ...string) {
 	for _, n := range names {
 		a.recs = append(a.recs, cpio.Directory(n, 0o755))
 	}
+}
+
+// qemuROMs are the firmware files QEMU's microvm machine loads for a
+// -kernel boot: qboot, and the option ROM that loads the kernel over
+// fw_cfg DMA.
+var qemuROMs = []string{"/usr/share/qemu/bios-microvm.bin", "/usr/share/qemu/linuxboot_dma.bin"}
+
+// hostProgram adds a dynamically linked host program at its own path,
+// with every shared library ldd(1) lists for it at theirs, so it runs
+// in the test host as it does here.
+func (a *archive) hostProgram(prog string) error {
+	if err := a.copy(prog, prog, 0o755); err != nil {
+		return err
+	}
+	out, err := exec.Command("ldd", prog).Output()
+	if err != nil {
+		return fmt.Errorf("ldd %s: %w", prog, err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		// "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or
+		// "/lib64/ld-linux-x86-64.so.2 (0x...)"; linux-vdso has no file.
+		f := strings.Fields(line)
+		lib := ""
+		switch {
+		case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+			lib = f[2]
+		case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
+			lib = f[0]
+		}
+		if lib == "" {
+			continue
+		}
+		if err := a.copy(lib, lib, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // copy adds the host file src at path name (absolute or relative to /).

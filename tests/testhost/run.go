@@ -104,6 +104,9 @@ func (h *Host) runDirect(ctx context.Context, s Scenario) (Result, error) {
 		"GOVMM_KERNEL="+h.Kernel.BzImage,
 		"GOVMM_MODULES="+h.Kernel.ModulesDir,
 	)
+	if h.QEMU != "" {
+		cmd.Env = append(cmd.Env, "GOVMM_QEMU="+h.QEMU)
+	}
 	if h.Generic.BzImage != "" {
 		cmd.Env = append(cmd.Env,
 			"GOVMM_GENERIC_KERNEL="+h.Generic.BzImage,

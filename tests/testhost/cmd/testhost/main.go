@@ -86,7 +86,7 @@ func run() int {
 
 	// -guest (make run) boots only the cloud kernel: skip fetching and
 	// packing the generic one.
-	h, err := testhost.Prepare(ctx, testhost.Options{WorkDir: work, Log: os.Stderr, Mode: m, Govmm: *govmm, NoGeneric: *guest})
+	h, err := testhost.Prepare(ctx, testhost.Options{WorkDir: work, Log: os.Stderr, Mode: m, Govmm: *govmm, NoGeneric: *guest, WithQEMU: *benchRE != ""})
 	if err != nil {
 		return fail(err)
 	}
