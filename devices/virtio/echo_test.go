@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -127,24 +126,6 @@ func (e *echo) counts() (activations, resets int, chainErrs []error) {
 	return len(e.activations), e.resets, slices.Clone(e.chainErrs)
 }
 
-// logRecorder collects log lines from any goroutine.
-type logRecorder struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logRecorder) printf(format string, args ...any) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines = append(l.lines, fmt.Sprintf(format, args...))
-}
-
-func (l *logRecorder) contains(s string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.ContainsFunc(l.lines, func(line string) bool { return strings.Contains(line, s) })
-}
-
 const memSize = 4 << 20
 
 // harness is an echo device behind a transport, and a driver for it.
@@ -154,19 +135,19 @@ type harness struct {
 	drv  *virtiotest.Driver
 	m    *virtio.MMIO
 	dev  *echo
-	logs *logRecorder
+	logs *virtiotest.LogRecorder
 }
 
 func newHarness(t *testing.T, dev *echo) *harness {
 	mem := virtiotest.NewMemory(t, memSize)
-	h := &harness{t: t, mem: mem, drv: virtiotest.New(t, mem, 0x1000, memSize), dev: dev, logs: &logRecorder{}}
+	h := &harness{t: t, mem: mem, drv: virtiotest.New(t, mem, 0x1000, memSize), dev: dev, logs: &virtiotest.LogRecorder{}}
 	h.m = h.attach(dev)
 	return h
 }
 
 // attach puts dev behind a new transport on the same memory and driver.
 func (h *harness) attach(dev *echo) *virtio.MMIO {
-	m := virtio.NewMMIO(dev, virtio.MMIOConfig{Memory: h.mem, Interrupt: h.drv.Interrupt, Log: h.logs.printf})
+	m := virtio.NewMMIO(dev, virtio.MMIOConfig{Memory: h.mem, Interrupt: h.drv.Interrupt, Log: h.logs.Printf})
 	h.t.Cleanup(m.Close)
 	h.drv.Dev = m
 	h.dev = dev

@@ -83,7 +83,7 @@ func TestConfigSpace(t *testing.T) {
 	if string(got) != "\x04\xaa\xbb" {
 		t.Errorf("device saw config write %x, want offset 4 data aabb only", got)
 	}
-	if !h.logs.contains("outside the 10-byte config space") {
+	if !h.logs.Contains("outside the 10-byte config space") {
 		t.Error("config write outside the space not logged")
 	}
 }
@@ -114,8 +114,8 @@ func TestBadRegisterAccesses(t *testing.T) {
 		t.Error("a bad write changed a register")
 	}
 	h.drv.Read32(virtio.RegQueueNotify) // write-only
-	if !h.logs.contains("1-byte write at 0x70 ignored") || !h.logs.contains("read of write-only or unknown register 0x50") {
-		t.Errorf("bad accesses not logged: %q", h.logs.lines)
+	if !h.logs.Contains("1-byte write at 0x70 ignored") || !h.logs.Contains("read of write-only or unknown register 0x50") {
+		t.Errorf("bad accesses not logged: %q", h.logs.Lines())
 	}
 }
 
@@ -360,7 +360,7 @@ func TestQueueRegistersFrozen(t *testing.T) {
 	h.roundTrip(q, "still fine")
 	d.Write32(virtio.RegQueueSel, 7)
 	d.Write32(virtio.RegQueueNum, 4) // no such queue
-	if !h.logs.contains("queue 7, which does not exist") {
+	if !h.logs.Contains("queue 7, which does not exist") {
 		t.Error("write to a missing queue not logged")
 	}
 }
@@ -388,8 +388,8 @@ func TestHostileRings(t *testing.T) {
 	if _, _, errs := h.dev.counts(); len(errs) != 2 {
 		t.Errorf("device saw chain errors %v, want 2", errs)
 	}
-	if !h.logs.contains("queue 0: chain 3: chain longer than the queue size") {
-		t.Errorf("bad chain not logged: %q", h.logs.lines)
+	if !h.logs.Contains("queue 0: chain 3: chain longer than the queue size") {
+		t.Errorf("bad chain not logged: %q", h.logs.Lines())
 	}
 	h.roundTrip(q, "still serving")
 
@@ -399,8 +399,8 @@ func TestHostileRings(t *testing.T) {
 	if d.Ack()&virtio.InterruptConfigChange == 0 {
 		t.Error("no configuration change interrupt")
 	}
-	if !h.logs.contains("device needs reset: avail idx") {
-		t.Errorf("ring corruption not logged: %q", h.logs.lines)
+	if !h.logs.Contains("device needs reset: avail idx") {
+		t.Errorf("ring corruption not logged: %q", h.logs.Lines())
 	}
 	q = d.Init(0, 8)[0]
 	h.roundTrip(q, "after the reset")

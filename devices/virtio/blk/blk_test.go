@@ -120,23 +120,6 @@ var (
 	_ disk.ZeroWriter = trimDisk{}
 )
 
-type logRecorder struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logRecorder) printf(format string, args ...any) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines = append(l.lines, fmt.Sprintf(format, args...))
-}
-
-func (l *logRecorder) contains(s string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.ContainsFunc(l.lines, func(line string) bool { return strings.Contains(line, s) })
-}
-
 const memSize = 8 << 20
 
 // harness is a virtio-blk device behind a transport, with a driver.
@@ -147,14 +130,14 @@ type harness struct {
 	m    *virtio.MMIO
 	dev  *Device
 	q    *virtiotest.Queue
-	logs *logRecorder
+	logs *virtiotest.LogRecorder
 }
 
 // newHarness starts a device for cfg, negotiating want (all offered
 // features if want is ^0) with a queue of 64 entries.
 func newHarness(t *testing.T, cfg Config, want uint64) *harness {
 	mem := virtiotest.NewMemory(t, memSize)
-	h := &harness{t: t, mem: mem, drv: virtiotest.New(t, mem, 0x1000, memSize), logs: &logRecorder{}}
+	h := &harness{t: t, mem: mem, drv: virtiotest.New(t, mem, 0x1000, memSize), logs: &virtiotest.LogRecorder{}}
 	h.attach(cfg)
 	h.q = h.drv.Init(want, 64)[0]
 	return h
@@ -162,9 +145,9 @@ func newHarness(t *testing.T, cfg Config, want uint64) *harness {
 
 // attach puts a new device for cfg behind a new transport.
 func (h *harness) attach(cfg Config) {
-	cfg.Log = h.logs.printf
+	cfg.Log = h.logs.Printf
 	h.dev = New(cfg)
-	h.m = virtio.NewMMIO(h.dev, virtio.MMIOConfig{Memory: h.mem, Interrupt: h.drv.Interrupt, Log: h.logs.printf})
+	h.m = virtio.NewMMIO(h.dev, virtio.MMIOConfig{Memory: h.mem, Interrupt: h.drv.Interrupt, Log: h.logs.Printf})
 	h.t.Cleanup(h.m.Close)
 	h.drv.Dev = h.m
 }
@@ -416,8 +399,8 @@ func TestBadRequests(t *testing.T) {
 	if !bytes.Equal(md.snapshot(0, 64*512), make([]byte, 64*512)) {
 		t.Error("a refused request changed the disk")
 	}
-	if !h.logs.contains("data in the wrong direction") || !h.logs.contains("beyond the disk") {
-		t.Errorf("bad requests not logged: %q", h.logs.lines)
+	if !h.logs.Contains("data in the wrong direction") || !h.logs.Contains("beyond the disk") {
+		t.Errorf("bad requests not logged: %q", h.logs.Lines())
 	}
 	// The device still works.
 	h.expect("good write", typeOut, 0, pattern(512, 9), 0, statusOK)
@@ -498,7 +481,7 @@ func TestBackendFailure(t *testing.T) {
 	h.expect("write", typeOut, 0, pattern(512, 1), 0, statusIOErr)
 	h.expect("flush", typeFlush, 0, nil, 0, statusIOErr)
 	h.expect("discard", typeDiscard, 0, segment(0, 1, 0), 0, statusIOErr)
-	if !h.logs.contains("the disk is on fire") {
+	if !h.logs.Contains("the disk is on fire") {
 		t.Error("backend error not logged")
 	}
 	md.mu.Lock()
