@@ -119,3 +119,12 @@ func Disassemble(code []byte, pc uint64, mode, max int) string {
 	}
 	return b.String()
 }
+
+// Snapshot captures a paused (or not running) vCPU's registers and the code
+// at RIP, as a crash report shows them: `GET /vcpus` on the control socket
+// uses it to show where a live guest is, like QEMU's `info registers`.
+func (v *VCPU) Snapshot() CPUSnapshot {
+	var s CPUSnapshot
+	v.Do(func() { s = v.snapshot() })
+	return s
+}

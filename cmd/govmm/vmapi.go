@@ -57,6 +57,12 @@ func (v *liveVM) Resume() error {
 	return nil
 }
 
+func (v *liveVM) VCPUs() ([]string, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.m.Registers(v.paused)
+}
+
 // Migrate connects to the destination and runs the pre-copy protocol
 // (package migration). On success the machine has been stopped by the
 // protocol's commit and Run returns ExitMigrated; on failure the guest

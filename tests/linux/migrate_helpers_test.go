@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"govmm/migration"
+	"govmm/vmm/control"
 )
 
 // Helpers of the migration scenarios (migration_test.go): the guest's
@@ -102,10 +103,32 @@ func (v *vm) probe() {
 	v.typeLine("echo probe-$((40+2)); ps | grep '[d]irtier'")
 	if _, err := v.out.expect(literal("probe-42"), replyTimeout, v.done); err != nil {
 		v.t.Errorf("probe: the guest's shell does not answer either (%v): the guest is hung or its console is stuck", err)
+		v.logVCPUs()
 		return
 	}
 	time.Sleep(2 * time.Second) // let ps print
 	v.t.Errorf("probe: the guest's shell answers, so the dirtier stopped in a running guest; see ps above")
+}
+
+// logVCPUs logs where the guest's vCPUs are, through the control socket
+// (GET /vcpus), twice a second apart: a guest spinning in one place, halted
+// for good or moving on shows here.
+func (v *vm) logVCPUs() {
+	v.t.Helper()
+	if v.api == "" {
+		return
+	}
+	for i := range 2 {
+		reports, err := control.Dial(v.api).VCPUs()
+		if err != nil {
+			v.t.Logf("GET /vcpus: %v", err)
+			return
+		}
+		for _, r := range reports {
+			v.t.Logf("vCPUs of the hung guest (look %d):\n%s", i+1, r)
+		}
+		time.Sleep(time.Second)
+	}
 }
 
 // heartbeatAfter waits for a heartbeat with a pass number above last,
@@ -254,6 +277,7 @@ func waitAPI(t testing.TB, v *vm, path string) {
 		c, err := net.Dial("unix", path)
 		if err == nil {
 			c.Close()
+			v.api = path
 			return
 		}
 		select {

@@ -63,6 +63,7 @@ type vm struct {
 	out    *console // guest serial console (govmm's stdout)
 	stderr *console
 	done   chan struct{} // closed when govmm has exited and output is drained
+	api    string        // its control socket, once waitAPI has seen it
 	err    error         // cmd.Wait's result, valid after done
 }
 

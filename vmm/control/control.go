@@ -7,6 +7,7 @@
 //	curl --unix-socket /tmp/govmm.sock -X POST http://govmm/resume
 //	curl --unix-socket /tmp/govmm.sock -X POST -d '{"to":"127.0.0.1:4444"}' http://govmm/migrate
 //	curl --unix-socket /tmp/govmm.sock http://govmm/migration
+//	curl --unix-socket /tmp/govmm.sock http://govmm/vcpus
 //
 // POST /migrate answers with a stream of JSON lines, one per pre-copy round
 // as it ends, then one with the final report or the error; `govmm migrate`
@@ -39,6 +40,16 @@ type VM interface {
 	// the migration failed and it runs here again). progress is called
 	// after each pre-copy round.
 	Migrate(ctx context.Context, req MigrateRequest, progress func(migration.Round)) (*migration.Report, error)
+	// VCPUs reports where each vCPU is (registers, the code at RIP),
+	// briefly pausing a running VM: the first thing to look at when a
+	// guest seems hung.
+	VCPUs() ([]string, error)
+}
+
+// VCPUsReport is the answer of GET /vcpus: one crash-report-style text per
+// vCPU.
+type VCPUsReport struct {
+	VCPUs []string `json:"vcpus"`
 }
 
 // Status is the answer of GET /status.
@@ -104,6 +115,7 @@ func Listen(path string, vm VM) (*Server, error) {
 	mux.HandleFunc("POST /resume", s.action(vm.Resume))
 	mux.HandleFunc("POST /migrate", s.migrate)
 	mux.HandleFunc("GET /migration", s.migration)
+	mux.HandleFunc("GET /vcpus", s.vcpus)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go s.http.Serve(ln)
 	return s, nil
@@ -132,6 +144,19 @@ type errorBody struct {
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.vm.Status())
+}
+
+func (s *Server) vcpus(w http.ResponseWriter, r *http.Request) {
+	if s.busy() {
+		writeJSON(w, http.StatusConflict, errorBody{"a migration is in progress"})
+		return
+	}
+	reports, err := s.vm.VCPUs()
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, errorBody{err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, VCPUsReport{reports})
 }
 
 func (s *Server) action(f func() error) http.HandlerFunc {
@@ -273,6 +298,18 @@ func (c *Client) Status() (Status, error) {
 	}
 	defer resp.Body.Close()
 	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// VCPUs asks where each vCPU is.
+func (c *Client) VCPUs() ([]string, error) {
+	var rep VCPUsReport
+	resp, err := c.do("GET", "/vcpus", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(&rep)
+	return rep.VCPUs, err
 }
 
 // Pause pauses the VM; Resume resumes it.

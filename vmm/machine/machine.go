@@ -333,6 +333,24 @@ func (m *Machine) Resume() {
 	}
 }
 
+// Registers reports where every vCPU is: it pauses the machine (unless it
+// is paused already), takes each vCPU's registers and the code at RIP, and
+// resumes it. One report per vCPU, in the crash report's format.
+func (m *Machine) Registers(alreadyPaused bool) ([]string, error) {
+	if !alreadyPaused {
+		if err := m.Pause(); err != nil {
+			return nil, err
+		}
+		defer m.Resume()
+	}
+	var out []string
+	for _, v := range m.VM.VCPUs() {
+		s := v.Snapshot()
+		out = append(out, fmt.Sprintf("vCPU %d:\n%s", v.ID, s.Report()))
+	}
+	return out, nil
+}
+
 // logf passes a device event to Config.Log.
 func (m *Machine) logf(format string, args ...any) {
 	if m.cfg.Log != nil {
