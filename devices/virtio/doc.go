@@ -1,7 +1,7 @@
 // Package virtio is govmm's virtio core: split virtqueues and the
 // virtio-mmio transport (OASIS "Virtual I/O Device (VIRTIO) Version 1.2",
 // cited as "virtio 1.2 §n"). Device types live in subpackages: blk is
-// virtio-blk.
+// virtio-blk, net is virtio-net.
 //
 // # What virtio is
 //
@@ -79,6 +79,7 @@
 //	chain.go        a request's buffers as guest memory
 //	state.go        saved state
 //	log.go          rate-limited logging of guest errors
+//	configchange.go devices whose config space changes while the driver runs
 //
 // then blk/ for a complete device, and virtiotest/, a test driver that
 // drives the registers and rings the way Linux does.

@@ -86,7 +86,7 @@ func (d *Device) command(c *virtio.Chain) (byte, error) {
 	switch {
 	case class == ctrlClassAnnounce && cmd == ctrlAnnounceAck:
 		if data != 0 {
-			return ctrlErr, fmt.Errorf("ANNOUNCE_ACK with %d bytes of data", data)
+			return ctrlErr, fmt.Errorf("ANNOUNCE_ACK carries data (%d bytes), it takes none", data)
 		}
 		d.mu.Lock()
 		defer d.mu.Unlock()
@@ -101,7 +101,7 @@ func (d *Device) command(c *virtio.Chain) (byte, error) {
 	case class == ctrlClassRX && (cmd == ctrlRXPromisc || cmd == ctrlRXAllMulti):
 		// §5.1.6.5.1: data is one byte, 0 for off, 1 for on.
 		if data != 1 {
-			return ctrlErr, fmt.Errorf("RX command %d with %d bytes of data, want 1", cmd, data)
+			return ctrlErr, fmt.Errorf("RX command %d carries %d data bytes, want 1", cmd, data)
 		}
 		return ctrlOK, nil
 	case class == ctrlClassMAC && cmd == ctrlMACTableSet:

@@ -110,24 +110,28 @@ type Device struct {
 	logf    func(format string, args ...any)
 
 	mu            sync.Mutex
-	mac           [6]byte // changed only by RestoreState, before Activate
-	status        uint16  // VIRTIO_NET_S_*
-	negotiated    uint64  // the features the driver accepted, set by Activate
-	configChanged func()  // from the transport: raises a config change interrupt
-	stop          chan struct{}
-	workers       sync.WaitGroup
-	readerStarted bool
+	mac           [6]byte        // changed only by RestoreState, before Activate
+	status        uint16         // VIRTIO_NET_S_*
+	negotiated    uint64         // the features the driver accepted, set by Activate
+	configChanged func()         // from the transport: raises a config change interrupt
+	stop          chan struct{}  // closed by Reset to end the queue goroutines
+	workers       sync.WaitGroup // the queue goroutines
+	readerStarted bool           // the reader runs from the first Activate to Close
 
-	// receiving is set while a driver runs the receive queue; the
-	// reader drops what arrives otherwise, as a NIC without a driver.
-	receiving atomic.Bool
 	// Buffers for received frames go round between the reader (rx.go),
 	// which fills them from the backend, and the receive queue's
 	// goroutine, which copies them into the guest.
 	rxFree, rxFull chan []byte
-	closing        chan struct{} // closed by Close
-	closeOnce      sync.Once
-	readerDone     chan struct{}
+	// rxMu orders the reader's sends to rxFull with Reset's draining
+	// of it, so that no frame meant for one driver reaches the next.
+	rxMu sync.Mutex
+	// receiving is set while a driver runs the receive queue; the
+	// reader drops what arrives otherwise, as a NIC without a driver.
+	receiving bool
+
+	closing    chan struct{} // closed by Close
+	closeOnce  sync.Once
+	readerDone chan struct{} // closed when the reader has returned
 
 	stats struct{ txFrames, txDropped, rxFrames, rxDropped atomic.Uint64 }
 }
@@ -283,7 +287,9 @@ func (d *Device) Activate(features uint64, queues []*virtio.Queue) error {
 		return nil
 	}
 	if q := queue(rxQueue); q != nil {
-		d.receiving.Store(true)
+		d.rxMu.Lock()
+		d.receiving = true
+		d.rxMu.Unlock()
 		d.workers.Go(func() { d.serveRX(q, features&featureMrgRxbuf != 0, stop) })
 	}
 	if q := queue(txQueue); q != nil {
@@ -319,10 +325,12 @@ func (d *Device) Reset() {
 	d.stop = nil
 	d.negotiated = 0
 	d.status = statusLinkUp
-	d.receiving.Store(false)
 	d.mu.Unlock()
 	close(stop)
 	d.workers.Wait()
+	d.rxMu.Lock()
+	defer d.rxMu.Unlock()
+	d.receiving = false
 	for {
 		select {
 		case f := <-d.rxFull:

@@ -65,12 +65,14 @@ func (d *Device) readFrames() {
 			}
 			return
 		}
-		if !d.receiving.Load() {
+		d.rxMu.Lock()
+		if d.receiving {
+			d.rxFull <- buf[:n] // never blocks: rxFull has room for every buffer
+		} else {
 			d.stats.rxDropped.Add(1) // no driver: nobody to give it to
 			d.rxFree <- buf
-			continue
 		}
-		d.rxFull <- buf[:n] // never blocks: rxFull has room for every buffer
+		d.rxMu.Unlock()
 	}
 }
 
@@ -158,10 +160,10 @@ func (d *Device) deliver(q *virtio.Queue, pkt []byte, mergeable bool) bool {
 		c.WriteAt(pkt[off:off+n], 0) // marks the pages dirty
 		off += n
 	}
+	d.stats.rxFrames.Add(1) // before the driver can see it
 	// All at once: Linux's receive_mergeable drops the frame if it sees
 	// the first buffer in the used ring before the others.
 	q.PushAll(chains...)
-	d.stats.rxFrames.Add(1)
 	return true
 }
 
