@@ -7,6 +7,8 @@
 //	pvpanic  QEMU's panic notification port (0x505)
 //	virtio   virtqueues and the virtio-mmio transport (0xd0000000 + n*0x1000, GSI 16+n)
 //	virtio/blk  virtio-blk: a disk, backed by package disk
+//	virtio/net  virtio-net: a NIC, backed by a TAP device (package tap)
+//	tap      TAP devices (/dev/net/tun), multi-queue, for virtio-net
 //	disk     disk backends: image files and NBD exports (disk/nbd: the NBD protocol)
 //
 // The ACPI tables that tell the guest where these are live in boot/acpi;

@@ -81,6 +81,9 @@ type Options struct {
 	// NoMount keeps init from mounting the virtio disks that hold a
 	// filesystem (govmm.mount=off; see MountDisks).
 	NoMount bool
+	// IP configures eth0 (govmm.ip=ADDRESS/PREFIX[,GATEWAY]; see
+	// network.go); nil leaves it down.
+	IP *IPConfig
 }
 
 // DefaultShell is the shell init starts when govmm.shell is not given.
@@ -104,6 +107,13 @@ func OptionsFromCmdline(line string) (opts Options, unknown []string) {
 				val = "/dev/" + val
 			}
 			opts.Console = val
+		case "ip":
+			c, err := ParseIPConfig(val)
+			if err != nil {
+				unknown = append(unknown, err.Error())
+				continue
+			}
+			opts.IP = &c
 		case "mount":
 			switch val {
 			case "off", "0", "no":

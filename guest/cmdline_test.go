@@ -2,6 +2,7 @@ package guest
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -36,6 +37,14 @@ func TestOptionsFromCmdline(t *testing.T) {
 	opts, unknown = OptionsFromCmdline("govmm.mount=off")
 	if !opts.NoMount || unknown != nil {
 		t.Errorf("govmm.mount=off: opts = %+v, unknown = %q", opts, unknown)
+	}
+	opts, unknown = OptionsFromCmdline("govmm.ip=10.0.2.15/24,10.0.2.1")
+	if opts.IP == nil || opts.IP.Address.String() != "10.0.2.15/24" || opts.IP.Gateway.String() != "10.0.2.1" || unknown != nil {
+		t.Errorf("govmm.ip: opts = %+v, unknown = %q", opts, unknown)
+	}
+	opts, unknown = OptionsFromCmdline("govmm.ip=10.0.2.15")
+	if opts.IP != nil || len(unknown) != 1 || !strings.Contains(unknown[0], "ADDRESS/PREFIX") {
+		t.Errorf("govmm.ip without prefix: opts = %+v, unknown = %q", opts, unknown)
 	}
 	opts, unknown = OptionsFromCmdline("govmm.mount=maybe")
 	if opts.NoMount || !reflect.DeepEqual(unknown, []string{"govmm.mount=maybe"}) {

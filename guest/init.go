@@ -52,7 +52,8 @@ func logf(format string, args ...any) {
 //  1. mount /dev, /proc, /sys, /tmp, /run and /dev/pts (mountAll), and
 //     read the govmm.* options of /proc/cmdline (OptionsFromCmdline);
 //  2. load the modules of LoadListPath in order (loadModules), and
-//     mount the virtio disks that hold a file system (MountDisks);
+//     mount the virtio disks that hold a file system (MountDisks), and
+//     bring up the network (configureNetwork);
 //  3. set the hostname, print HelpLine and ShellReadyBanner;
 //  4. start the shell on the serial console as a session leader with the
 //     console as its controlling terminal (startShell);
@@ -93,6 +94,7 @@ func Init() {
 	}
 	loadModules()
 	MountDisks(opts)
+	configureNetwork(opts)
 	if err := unix.Sethostname([]byte(Hostname)); err != nil {
 		logf("sethostname: %v", err)
 	}

@@ -24,16 +24,23 @@ import (
 // Device kinds, as they appear in machine.DeviceSpec.
 const (
 	kindBlock = "blk" // virtio-blk; Spec is a disk.Spec string
+	kindNet   = "net" // virtio-net; Spec is a netSpec string
 )
 
-// deviceFactory builds devices whose backends log through logf.
-func deviceFactory(logf func(format string, args ...any)) machine.DeviceFactory {
+// deviceFactory builds devices whose backends log through logf. incoming
+// is true on a migration destination: a TAP is then opened detached, and
+// the machine attaches it when the guest resumes here (see
+// machine.Destination.Resume), so that the source keeps the traffic until
+// it stops.
+func deviceFactory(logf func(format string, args ...any), incoming bool) machine.DeviceFactory {
 	return func(d machine.DeviceSpec) (virtio.Device, error) {
 		switch d.Kind {
 		case kindBlock:
 			return newDisk(d.Spec, logf)
+		case kindNet:
+			return newNIC(d.Spec, logf, incoming)
 		default:
-			return nil, fmt.Errorf("unknown device kind %q (this govmm knows %q)", d.Kind, kindBlock)
+			return nil, fmt.Errorf("unknown device kind %q (this govmm knows %q and %q)", d.Kind, kindBlock, kindNet)
 		}
 	}
 }
@@ -82,14 +89,26 @@ func logToTerminal(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "govmm: "+format+"\r\n", args...)
 }
 
-// plugDisks adds a virtio-blk device for each --disk, in order: the first
-// is the guest's /dev/vda.
-func plugDisks(m *machine.Machine, args []string, factory machine.DeviceFactory) error {
-	for _, a := range args {
+// plugDevices adds a virtio-blk device for each --disk, in order (the
+// first is the guest's /dev/vda), then a virtio-net device for each --net
+// (eth0, eth1, ...).
+func plugDevices(m *machine.Machine, disks, nets []string, factory machine.DeviceFactory) error {
+	var specs []machine.DeviceSpec
+	for _, a := range disks {
 		spec, err := diskDeviceSpec(a)
 		if err != nil {
 			return err
 		}
+		specs = append(specs, spec)
+	}
+	for _, a := range nets {
+		spec, err := parseNetSpec(a)
+		if err != nil {
+			return fmt.Errorf("--net: %w", err)
+		}
+		specs = append(specs, machine.DeviceSpec{Kind: kindNet, Spec: spec.String()})
+	}
+	for _, spec := range specs {
 		dev, err := factory(spec)
 		if err != nil {
 			return err

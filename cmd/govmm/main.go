@@ -31,6 +31,7 @@ func main() {
 			nasCommand(),
 			dirtierCommand(),
 			diskBenchCommand(),
+			echoServerCommand(),
 			initramfsCommand(),
 		},
 		// A --disk spec has commas of its own ("disk.img,readonly"): a
@@ -83,6 +84,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "api", Usage: "control socket (JSON over HTTP; default $XDG_RUNTIME_DIR or /tmp, govmm-PID.sock)"},
 			&cli.StringSliceFlag{Name: "disk", Usage: "a virtio-blk disk: PATH, file:PATH, nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH, \n" +
 				"\tthen ,readonly if wanted (repeat for more disks: /dev/vda, /dev/vdb, ...)"},
+			&cli.StringSliceFlag{Name: "net", Usage: "a virtio-net NIC on a TAP device: tap:NAME[,mac=XX:XX:XX:XX:XX:XX] (created if missing; needs CAP_NET_ADMIN)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -104,6 +106,7 @@ func runCommand() *cli.Command {
 				TraceIO:   c.String("trace-io"),
 				API:       c.String("api"),
 				Disks:     c.StringSlice("disk"),
+				Nets:      c.StringSlice("net"),
 			})
 		},
 	}

@@ -56,7 +56,7 @@ func receive(listen, apiPath, kvmDevice, jsonPath string) error {
 
 	dst := machine.NewDestination(machine.Config{
 		NumVCPUs: 1, SerialOut: os.Stdout, KVMDevice: kvmDevice,
-		Log: logToTerminal, Devices: deviceFactory(logToTerminal),
+		Log: logToTerminal, Devices: deviceFactory(logToTerminal, true),
 	})
 	rep, err := migration.Receive(context.Background(), conn, dst, migration.ReceiveOptions{})
 	if jsonPath != "" && rep != nil {

@@ -41,6 +41,7 @@ type runOptions struct {
 	TraceIO   string
 	API       string
 	Disks     []string // --disk specs, in order: vda, vdb, ...
+	Nets      []string // --net specs, in order: eth0, eth1, ...
 }
 
 // run is `govmm run`, the boot sequence from a file name to a guest shell.
@@ -62,8 +63,8 @@ func run(o runOptions) error {
 	}
 	defer m.Close()
 
-	// 2b. Its virtio devices: a virtio-blk disk for each --disk.
-	if err := plugDisks(m, o.Disks, deviceFactory(logToTerminal)); err != nil {
+	// 2b. Its virtio devices: a disk for each --disk, a NIC for each --net.
+	if err := plugDevices(m, o.Disks, o.Nets, deviceFactory(logToTerminal, false)); err != nil {
 		return err
 	}
 

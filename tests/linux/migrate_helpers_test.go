@@ -125,7 +125,7 @@ func (v *vm) logVCPUs() {
 			return
 		}
 		for _, r := range reports {
-			v.t.Logf("vCPUs of the hung guest (look %d):\n%s", i+1, r)
+			v.t.Logf("vCPUs of the guest that stopped (look %d):\n%s", i+1, r)
 		}
 		time.Sleep(time.Second)
 	}

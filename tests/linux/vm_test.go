@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -89,11 +90,22 @@ func bootGuest(t testing.TB, e env) *vm {
 // booting kernel and init print far more often than that.
 func bootToShell(t testing.TB, name, bin string, args ...string) *vm {
 	t.Helper()
+	// A control socket, so that a hung boot can be looked at (logVCPUs).
+	api := ""
+	if len(args) > 0 && args[0] == "run" {
+		if i := slices.Index(args, "--api"); i >= 0 && i+1 < len(args) {
+			api = args[i+1]
+		} else {
+			api = filepath.Join(t.TempDir(), "boot.sock")
+			args = append([]string{"run", "--api", api}, args[1:]...)
+		}
+	}
 	for attempt := 1; ; attempt++ {
 		v := startGovmm(t, bin, args...)
 		if name != "" {
 			v = v.named(name)
 		}
+		v.api = api
 		err := v.expectWhileProgressing(shellReady, bootQuietLimit, bootTimeout)
 		if err == nil {
 			return v
@@ -107,6 +119,7 @@ func bootToShell(t testing.TB, name, bin string, args ...string) *vm {
 			flake = "the guest triple-faulted while booting"
 		default:
 			flake = "the guest stopped making progress while booting (" + err.Error() + ")"
+			v.logVCPUs()
 			v.cmd.Process.Kill()
 			<-v.done
 		}

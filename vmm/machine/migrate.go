@@ -50,8 +50,22 @@ func (s *source) DirtyPages() ([]uint64, error) {
 	return out, nil
 }
 
-func (s *source) Pause() error               { return s.m.Pause() }
-func (s *source) Resume() error              { s.m.Resume(); return nil }
+// Pause stops the guest for the final round, and hands a shared network
+// backend's traffic to the destination: from here on, frames for the guest
+// queue up on the destination's side of the TAP.
+func (s *source) Pause() error {
+	err := s.m.Pause()
+	s.m.handOverTraffic(false)
+	return err
+}
+
+// Resume runs the guest here again after a failed migration.
+func (s *source) Resume() error {
+	s.m.handOverTraffic(true)
+	s.m.Resume()
+	return nil
+}
+
 func (s *source) SaveState() ([]byte, error) { return s.m.SaveState() }
 func (s *source) Stop() {
 	s.m.stop(Exit{Reason: ExitMigrated, Detail: "the guest now runs on the destination"})
@@ -125,6 +139,11 @@ func (d *Destination) Resume() error {
 		return fmt.Errorf("destination machine not ready to resume")
 	}
 	d.started = true
+	// The devices take the traffic over and announce the guest's new
+	// place; the guest's own announcement (a config-change interrupt) is
+	// held until Run resumes the devices.
+	d.m.handOverTraffic(true)
+	d.m.announce()
 	go func() { d.exit <- d.m.Run() }()
 	return nil
 }

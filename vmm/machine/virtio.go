@@ -249,3 +249,52 @@ func (m *Machine) closeVirtio() {
 	}
 	m.virtio = nil
 }
+
+// What a migration does to network devices, found through optional
+// interfaces so that the machine never names a device type
+// (devices/virtio/net implements both).
+type (
+	// trafficHandover is a device whose backend a destination on the same
+	// host shares (a multi-queue TAP): Detach stops its receiving so the
+	// traffic goes to the other side, Attach takes it back.
+	trafficHandover interface {
+		Detach() error
+		Attach() error
+	}
+	// announcer makes the network learn where the guest now is: a RARP,
+	// and the guest's own gratuitous ARPs (VIRTIO_NET_F_GUEST_ANNOUNCE).
+	announcer interface {
+		Announce() error
+	}
+)
+
+// handOverTraffic detaches (attach false) or attaches every device that
+// shares its backend with a migration's other side.
+func (m *Machine) handOverTraffic(attach bool) {
+	for i, s := range m.virtio {
+		h, ok := s.device.(trafficHandover)
+		if !ok {
+			continue
+		}
+		op, err := "detaching", error(nil)
+		if attach {
+			op, err = "attaching", h.Attach()
+		} else {
+			err = h.Detach()
+		}
+		if err != nil {
+			m.logf("virtio slot %d (%s): %s its backend: %v", i, s.spec, op, err)
+		}
+	}
+}
+
+// announce tells the network that the guest runs here now.
+func (m *Machine) announce() {
+	for i, s := range m.virtio {
+		if a, ok := s.device.(announcer); ok {
+			if err := a.Announce(); err != nil {
+				m.logf("virtio slot %d (%s): announcing the guest: %v", i, s.spec, err)
+			}
+		}
+	}
+}
