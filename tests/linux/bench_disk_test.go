@@ -29,11 +29,7 @@ func BenchmarkDisk(b *testing.B) {
 	if qemu == "" {
 		b.Fatal("GOVMM_QEMU is not set: run the benchmark through the test host's -bench mode, which provides QEMU")
 	}
-	dir := b.TempDir()
-	initrd := filepath.Join(dir, "initrd.cpio")
-	if out, err := exec.Command(e.govmm, "initramfs", "--modules", e.modules, "-o", initrd, e.kernel).CombinedOutput(); err != nil {
-		b.Fatalf("govmm initramfs: %v\n%s", err, out)
-	}
+	initrd := benchInitrd(b, e)
 	type result struct{ write, read, iops float64 }
 	results := map[string]result{}
 	for _, backend := range []string{"file", "nbd"} {
@@ -52,12 +48,9 @@ func BenchmarkDisk(b *testing.B) {
 				if vmm == "govmm" {
 					v = bootToShell(b, name, e.govmm, "run", "--cmdline", "quiet", "--modules", e.modules, "--disk", govmmSpec, e.kernel)
 				} else {
-					v = bootToShell(b, name, qemu,
-						"-M", "microvm,rtc=on", "-accel", "kvm", "-cpu", "host", "-m", "512", "-smp", "1",
-						"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
-						"-kernel", e.kernel, "-initrd", initrd, "-append", "console=ttyS0 reboot=acpi panic=-1 pci=off quiet",
+					v = bootToShell(b, name, qemu, append(qemuArgs(e, initrd),
 						"-drive", "id=d0,if=none,format=raw,file="+qemuFile,
-						"-device", "virtio-blk-device,drive=d0")
+						"-device", "virtio-blk-device,drive=d0")...)
 				}
 				b.ResetTimer()
 				v.typeLine(fmt.Sprintf("/init diskbench --mib %d --seconds 5 /dev/vda", diskMiB))
@@ -93,4 +86,28 @@ func BenchmarkDisk(b *testing.B) {
 		fmt.Fprintf(&t, "%-8s %-6s %11.2fx %11.2fx %13.2fx\n", backend, "ratio", ratio(g.write, q.write), ratio(g.read, q.read), ratio(g.iops, q.iops))
 	}
 	b.Log(t.String())
+}
+
+// benchInitrd writes govmm's default initramfs for the test kernel, for
+// QEMU to boot the same userland.
+func benchInitrd(b *testing.B, e env) string {
+	b.Helper()
+	initrd := filepath.Join(b.TempDir(), "initrd.cpio")
+	if out, err := exec.Command(e.govmm, "initramfs", "--modules", e.modules, "-o", initrd, e.kernel).CombinedOutput(); err != nil {
+		b.Fatalf("govmm initramfs: %v\n%s", err, out)
+	}
+	return initrd
+}
+
+// qemuArgs is QEMU's command line for the benchmarks' guest: the microvm
+// machine (virtio-mmio, ACPI, no PCI) on the test host's KVM, one vCPU
+// and 512 MiB as govmm's defaults, the serial console on stdio, and the
+// kernel command line govmm uses, plus extra parameters.
+func qemuArgs(e env, initrd string, cmdline ...string) []string {
+	return []string{
+		"-M", "microvm,rtc=on", "-accel", "kvm", "-cpu", "host", "-m", "512", "-smp", "1",
+		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
+		"-kernel", e.kernel, "-initrd", initrd,
+		"-append", strings.Join(append([]string{"console=ttyS0 reboot=acpi panic=-1 pci=off quiet"}, cmdline...), " "),
+	}
 }

@@ -73,18 +73,25 @@ func hostCmd(t testing.TB, name string, args ...string) string {
 	return string(out)
 }
 
-// bootNetGuest boots a guest with a NIC on tapName at guestAddr, gives the
-// TAP's host side hostAddr, and starts the echo server in the guest.
+// bootNetGuest boots a guest with a NIC on tapName at guestAddr, puts the
+// TAP on the bridge and starts the echo server in the guest.
 func bootNetGuest(t testing.TB, e env, name string, extra ...string) *vm {
 	t.Helper()
 	args := append([]string{"run", "--modules", e.modules, "--net", "tap:" + tapName,
 		"--cmdline", "govmm.ip=" + guestAddr + "/24"}, extra...)
 	v := bootToShell(t, name, e.govmm, append(args, e.kernel)...)
 	v.printedAtBoot("eth0 configured: " + guestAddr + "/24")
+	startEchoServer(t, v)
+	return v
+}
+
+// startEchoServer bridges the guest's TAP and starts the guest's echo
+// server.
+func startEchoServer(t testing.TB, v *vm) {
+	t.Helper()
 	hostCmd(t, "ip", "link", "set", tapName, "master", bridgeName, "up")
 	v.typeLine("/init echo-server :" + echoPort + " &")
 	v.expect("echo-server: listening", replyTimeout)
-	return v
 }
 
 // dialEcho connects from the client namespace to the guest's echo server,
@@ -162,11 +169,23 @@ func TestNetPingAndTCPEcho(t *testing.T) {
 // longest time the client waited for an answer (the downtime the client
 // saw).
 func TestMigrateKeepsTCPConnection(t *testing.T) {
+	migrateWithTCPClient(t, 0)
+}
+
+// migrateWithTCPClient runs TestMigrateKeepsTCPConnection, with the
+// dirtier rewriting dirtierMiB of the guest's memory if not 0, and returns
+// the longest wait the client saw and the migration's own downtime.
+func migrateWithTCPClient(t testing.TB, dirtierMiB int) (longest, downtime time.Duration) {
+	t.Helper()
 	e := needEnv(t)
 	client := setUpNetwork(t)
 	api := filepath.Join(t.TempDir(), "src.sock")
 	src := bootNetGuest(t, e, "src", "--api", api)
 	waitAPI(t, src, api)
+	if dirtierMiB > 0 {
+		src.typeLine(fmt.Sprintf("/init dirtier --mib %d --heartbeat 4096 &", dirtierMiB))
+		src.expect("dirtier: dirtying", replyTimeout)
+	}
 
 	c := dialEcho(t, client)
 	defer c.Close()
@@ -228,4 +247,5 @@ func TestMigrateKeepsTCPConnection(t *testing.T) {
 	if status := dst.wait(exitTimeout); status != 0 {
 		t.Errorf("destination govmm exited with status %d after poweroff, want 0", status)
 	}
+	return res.longest, rep.Downtime
 }
