@@ -219,7 +219,7 @@ func waitTCP(t testing.TB, v *vm, addr, state string) {
 	}
 	deadline := time.Now().Add(listenTimeout)
 	for {
-		found, err := tcpSocketIn(want, state)
+		found, err := tcpSocketIn(v.cmd.Process.Pid, want, state)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -252,8 +252,12 @@ func procNetAddr(addr string) (string, error) {
 	return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ap.Port), nil
 }
 
-func tcpSocketIn(local, state string) (bool, error) {
-	f, err := os.Open("/proc/net/tcp")
+//
+// It reads the table of pid's network namespace, not /proc/net/tcp:
+// that is the namespace of this process's main thread, which a test's
+// client namespace (taptest.NetNS) may have taken over.
+func tcpSocketIn(pid int, local, state string) (bool, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/net/tcp", pid))
 	if err != nil {
 		return false, err
 	}
