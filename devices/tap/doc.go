@@ -23,13 +23,19 @@
 //	IFF_MULTI_QUEUE  several descriptors may serve one interface, each a
 //	                 queue of its own; live migration uses this (below)
 //
-// No offloads are enabled (TUNSETOFFLOAD with 0): the kernel then
-// computes checksums and segments large packets itself before handing a
-// frame over, so every frame read is a plain, complete Ethernet frame and
-// its header is all zeros, or says only that the checksum was verified
-// (VIRTIO_NET_HDR_F_DATA_VALID). Offloads would make the guest's network
-// faster, but only if the virtio-net device negotiated the matching
-// features with the guest; WithOffloads is there for that day.
+// Offloads (TUNSETOFFLOAD, TUN_F_* in include/uapi/linux/if_tun.h,
+// Documentation/networking/tuntap.rst) are the work on a frame the kernel
+// may leave to the reader: a partial checksum (NEEDS_CSUM in the header),
+// a TCP segment of up to 64 KiB to cut (gso_type). Open finds out which
+// the kernel supports (SupportedOffloads) and leaves them off, so every
+// frame read is a plain, complete Ethernet frame and its header is all
+// zeros, or says only that the checksum was verified
+// (VIRTIO_NET_HDR_F_DATA_VALID). SetOffloads turns them on for a reader
+// that can take such frames: virtio-net does when the guest negotiated
+// the matching features. Writes need no setting: a frame written may ask
+// for any of the supported work in its header, and the kernel does it
+// where the frame goes (and only if it must: a local socket takes the
+// 64 KiB at once).
 //
 // The descriptor is non-blocking and goes through Go's poller (os.NewFile
 // on an O_NONBLOCK descriptor), so a Read parks its goroutine rather than

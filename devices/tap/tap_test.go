@@ -2,11 +2,13 @@ package tap_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -289,5 +291,107 @@ func TestInterfaceDown(t *testing.T) {
 	err = q.WriteFrame(withHeader(taptest.ARPRequest(guestMAC, guestIP, hostIP)))
 	if err == nil || !strings.Contains(err.Error(), "is down") {
 		t.Errorf("write to a down TAP: %v", err)
+	}
+}
+
+// Open finds out which offloads the kernel supports, and leaves them off;
+// SetOffloads turns them on and off for the interface, as ethtool sees.
+func TestOffloads(t *testing.T) {
+	ns := taptest.NewNetNS(t)
+	q := ns.UpTAP("gvtap0")
+	all := tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadTSO6 | tap.OffloadTSOECN
+	if got := q.SupportedOffloads(); got != all {
+		t.Errorf("SupportedOffloads() = %#x, want %#x (any kernel since 2.6.27)", got, all)
+	}
+	for i, c := range []struct {
+		set       tap.Offloads
+		csum, tso bool
+	}{
+		{0, false, false}, // as opened
+		{all, true, true},
+		{tap.OffloadCsum, true, false},
+		{0, false, false},
+	} {
+		if i > 0 {
+			if err := q.SetOffloads(c.set); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if csum, tso := ns.Offloads("gvtap0"); csum != c.csum || tso != c.tso {
+			t.Errorf("offloads %#x: tx checksumming %v, TSO %v; want %v, %v", c.set, csum, tso, c.csum, c.tso)
+		}
+	}
+	// tun_set_offload refuses TSO without the checksum offload.
+	if err := q.SetOffloads(tap.OffloadTSO4); err == nil || !errors.Is(err, unix.EINVAL) {
+		t.Errorf("SetOffloads(TSO4 alone) = %v, want EINVAL", err)
+	}
+}
+
+// A 60 KiB TCP segment written with gso_type TCPV4 crosses a bridge to
+// another TAP: segmented and checksummed by the kernel if that TAP's
+// offloads are off, handed over whole with its header if they are on.
+// This is the path of a guest's TSO frame to a guest on the same bridge.
+func TestSegmentationOffload(t *testing.T) {
+	ns := taptest.NewNetNS(t)
+	ns.IP("link", "add", "gvbr0", "type", "bridge")
+	in := ns.UpTAP("gvtap0")
+	out := ns.UpTAP("gvtap1")
+	for _, name := range []string{"gvtap0", "gvtap1"} {
+		ns.IP("link", "set", name, "master", "gvbr0")
+	}
+	ns.IP("link", "set", "gvbr0", "up")
+
+	const payload, mss = 60000, 1448
+	frame, start, off := taptest.TCPv4(guestMAC, hostMAC, payload)
+	hdr := make([]byte, tap.VnetHdrSize)
+	hdr[0] = 1                                 // VIRTIO_NET_HDR_F_NEEDS_CSUM
+	hdr[1] = 1                                 // VIRTIO_NET_HDR_GSO_TCPV4
+	binary.LittleEndian.PutUint16(hdr[2:], 54) // hdr_len: Ethernet, IP, TCP
+	binary.LittleEndian.PutUint16(hdr[4:], mss)
+	binary.LittleEndian.PutUint16(hdr[6:], start)
+	binary.LittleEndian.PutUint16(hdr[8:], off)
+	isOurs := func(f []byte) bool {
+		return len(f) >= 54 && string(f[6:12]) == string(guestMAC) && f[23] == unix.IPPROTO_TCP
+	}
+
+	// Offloads off: segments of at most mss bytes, each checksummed,
+	// which together carry the payload.
+	if err := in.WriteFrame(append(slices.Clone(hdr), frame...)); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, payload)
+	for n := 0; n < payload; {
+		f, err := readMatching(t, out, 2*time.Second, isOurs)
+		if err != nil {
+			t.Fatalf("after %d of %d bytes: %v", n, payload, err)
+		}
+		seg := f[tap.VnetHdrSize:]
+		data := seg[54:]
+		if len(data) > mss || f[1] != 0 || !taptest.TCPv4ChecksumOK(seg) {
+			t.Fatalf("segment of %d bytes, gso_type %d, checksum ok %v", len(data), f[1], taptest.TCPv4ChecksumOK(seg))
+		}
+		n += copy(got[binary.BigEndian.Uint32(seg[38:])-1000:], data)
+	}
+	if !bytes.Equal(got, frame[54:]) {
+		t.Error("the segments do not carry the payload")
+	}
+
+	// Offloads on: the frame whole, with the header that says what is
+	// left to do.
+	if err := out.SetOffloads(tap.OffloadCsum | tap.OffloadTSO4); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.WriteFrame(append(slices.Clone(hdr), frame...)); err != nil {
+		t.Fatal(err)
+	}
+	f, err := readMatching(t, out, 2*time.Second, isOurs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := f[:tap.VnetHdrSize]
+	if !bytes.Equal(f[tap.VnetHdrSize:], frame) || h[0]&1 == 0 || h[1] != 1 ||
+		binary.LittleEndian.Uint16(h[4:]) != mss || binary.LittleEndian.Uint16(h[6:]) != start || binary.LittleEndian.Uint16(h[8:]) != off {
+		t.Errorf("read %d bytes with header %x; want the %d-byte frame, NEEDS_CSUM, TCPV4, gso_size %d, csum %d+%d",
+			len(f)-tap.VnetHdrSize, h, len(frame), mss, start, off)
 	}
 }

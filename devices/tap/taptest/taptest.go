@@ -23,6 +23,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -229,4 +230,112 @@ func ARPRequest(src net.HardwareAddr, srcIP, targetIP net.IP) []byte {
 func IsARPFrom(frame []byte, src net.HardwareAddr) bool {
 	return len(frame) >= 42 && binary.BigEndian.Uint16(frame[12:]) == unix.ETH_P_ARP &&
 		string(frame[6:12]) == string(src)
+}
+
+// Offloads reports two of the interface's features as `ethtool -k` shows
+// them: tx checksumming and TCP segmentation. On a TAP they are the
+// offloads set with TUNSETOFFLOAD (tun_set_offload turns TUN_F_CSUM into
+// NETIF_F_HW_CSUM and TUN_F_TSO4/6 into NETIF_F_TSO/TSO6: the work the
+// interface may leave to its reader). It asks with the legacy SIOCETHTOOL
+// commands ETHTOOL_GTXCSUM and ETHTOOL_GTSO, which need no ethtool.
+func (n *NetNS) Offloads(ifname string) (csum, tso bool) {
+	n.tb.Helper()
+	var err error
+	n.Run(func() {
+		var fd int
+		if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return
+		}
+		defer unix.Close(fd)
+		if csum, err = ethtoolGet(fd, ifname, unix.ETHTOOL_GTXCSUM); err != nil {
+			return
+		}
+		tso, err = ethtoolGet(fd, ifname, unix.ETHTOOL_GTSO)
+	})
+	if err != nil {
+		n.tb.Fatalf("SIOCETHTOOL on %s: %v", ifname, err)
+	}
+	return csum, tso
+}
+
+// ethtoolGet runs one ETHTOOL_G* command that answers a struct
+// ethtool_value.
+func ethtoolGet(fd int, ifname string, cmd uint32) (bool, error) {
+	value := struct{ cmd, data uint32 }{cmd: cmd}
+	// struct ifreq with ifr_data pointing at the value: 40 bytes.
+	var ifr struct {
+		name [unix.IFNAMSIZ]byte
+		data unsafe.Pointer
+		_    [16]byte
+	}
+	copy(ifr.name[:], ifname)
+	ifr.data = unsafe.Pointer(&value)
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); errno != 0 {
+		return false, errno
+	}
+	return value.data != 0, nil
+}
+
+// TCPv4 is a TCP/IPv4 frame for segmentation tests: from port 4000 to
+// port 5000, sequence number 1000, with payload bytes of a pattern, and
+// its TCP checksum left partial (the pseudo-header's sum, as Linux leaves
+// it for a NIC, CHECKSUM_PARTIAL), to be finished by whoever gets it.
+// CsumStart and CsumOffset say where, for a virtio_net_hdr.
+func TCPv4(src, dst net.HardwareAddr, payload int) (frame []byte, csumStart, csumOffset uint16) {
+	const ipLen, tcpLen = 20, 20
+	f := make([]byte, 14+ipLen+tcpLen+payload)
+	copy(f, dst)
+	copy(f[6:], src)
+	binary.BigEndian.PutUint16(f[12:], unix.ETH_P_IP)
+	ip := f[14 : 14+ipLen]
+	ip[0] = 0x45 // version 4, 5 words
+	binary.BigEndian.PutUint16(ip[2:], uint16(ipLen+tcpLen+payload))
+	binary.BigEndian.PutUint16(ip[6:], 0x4000) // DF
+	ip[8], ip[9] = 64, unix.IPPROTO_TCP
+	copy(ip[12:], net.IPv4(10, 0, 0, 2).To4())
+	copy(ip[16:], net.IPv4(10, 0, 0, 1).To4())
+	binary.BigEndian.PutUint16(ip[10:], ^checksum(0, ip))
+	tcp := f[14+ipLen:]
+	binary.BigEndian.PutUint16(tcp[0:], 4000)
+	binary.BigEndian.PutUint16(tcp[2:], 5000)
+	binary.BigEndian.PutUint32(tcp[4:], 1000)
+	tcp[12] = 5 << 4              // data offset: 5 words
+	tcp[13] = 0x18                // PSH, ACK
+	tcp[14], tcp[15] = 0xff, 0xff // window
+	for i := range payload {
+		tcp[tcpLen+i] = byte(i * 7)
+	}
+	binary.BigEndian.PutUint16(tcp[16:], pseudoSum(ip, len(tcp)))
+	return f, 14 + ipLen, 16
+}
+
+// pseudoSum is the folded sum of the TCP/IPv4 pseudo-header for a TCP
+// segment of n bytes (RFC 793).
+func pseudoSum(ip []byte, n int) uint16 {
+	var p [12]byte
+	copy(p[:], ip[12:20])
+	p[9] = unix.IPPROTO_TCP
+	binary.BigEndian.PutUint16(p[10:], uint16(n))
+	return checksum(0, p[:])
+}
+
+// checksum adds b to sum in ones' complement (RFC 1071), folded.
+func checksum(sum uint32, b []byte) uint16 {
+	for ; len(b) >= 2; b = b[2:] {
+		sum += uint32(binary.BigEndian.Uint16(b))
+	}
+	if len(b) == 1 {
+		sum += uint32(b[0]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return uint16(sum)
+}
+
+// TCPv4ChecksumOK reports whether a TCP/IPv4 frame (with a 20-byte IP
+// header, as TCPv4 makes) has a complete, correct TCP checksum.
+func TCPv4ChecksumOK(frame []byte) bool {
+	ip, tcp := frame[14:34], frame[34:]
+	return checksum(uint32(pseudoSum(ip, len(tcp))), tcp) == 0xffff
 }

@@ -15,11 +15,19 @@
 //	CTRL_VQ         the control queue exists
 //	GUEST_ANNOUNCE  the device may ask the guest to announce itself
 //
-// No checksum or segmentation offloads: frames cross complete in both
-// directions, and the 12-byte header in front of each (header.go) carries
-// nothing but, on receive, the number of buffers used. Offloads would
-// save the guest work, but only pay if done end to end (the TAP's
-// TUNSETOFFLOAD and the guest's features in step), which is future work.
+// and, on a backend that can carry them (a TAP, offload.go), the checksum
+// and TCP segmentation offloads both ways:
+//
+//	CSUM, HOST_TSO4, HOST_TSO6, HOST_ECN           the guest may send 64 KiB
+//	                                                TCP segments, checksums partial
+//	GUEST_CSUM, GUEST_TSO4, GUEST_TSO6, GUEST_ECN  ... and receive them
+//
+// The 12-byte header in front of each frame (header.go) says what work is
+// left: the device checks the guest's and passes it to the TAP, and tells
+// the TAP (TUNSETOFFLOAD) to hand over only what the guest accepted, whose
+// header then goes to the guest. Without the offloads, frames cross
+// complete both ways and the header carries nothing but, on receive, the
+// number of buffers used. UFO and USO (UDP) are not offered.
 //
 // # Data flow
 //
@@ -28,7 +36,8 @@
 //	guest control queue ──serveCtrl──▶ ack (ANNOUNCE_ACK clears the status bit)
 //
 // Transmitting (tx.go) copies each frame out of guest memory, checks it
-// and writes it to the backend. Receiving (rx.go) is split in two so that
+// (its header against the features negotiated) and writes it to the
+// backend. Receiving (rx.go) is split in two so that
 // a device can be stopped at any moment: a reader goroutine that may block
 // in the backend for as long as no frame comes, and a queue goroutine that
 // copies frames into guest memory and never blocks on the backend. Every
@@ -45,8 +54,10 @@
 //
 // # Live migration
 //
-// The guest's MAC and status travel in the saved state (state.go); the
-// destination opens its own TAP from the machine's description. Two
+// The guest's MAC and status travel in the saved state (state.go), the
+// negotiated features in the transport's; the destination opens its own
+// TAP from the machine's description, and Activate, which the transport
+// calls on restore, sets its offloads from the features. Two
 // things help the network follow the guest: Detach/Attach, which move a
 // TAP's traffic between the source's and the destination's queue when
 // both run on one host, and Announce, which the machine calls once the
@@ -54,6 +65,6 @@
 // and asks the guest to send gratuitous ARPs itself (VIRTIO_NET_S_ANNOUNCE
 // and a configuration change interrupt, through virtio.ConfigChanger).
 //
-// Read net.go (features, config, lifecycle, announce), then header.go,
-// tx.go, rx.go and ctrl.go, then state.go.
+// Read net.go (features, config, lifecycle, announce), then offload.go,
+// header.go, tx.go, rx.go and ctrl.go, then state.go.
 package net

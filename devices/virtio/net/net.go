@@ -12,18 +12,27 @@ import (
 	"govmm/devices/virtio"
 )
 
-// Feature bits of virtio-net (virtio 1.2 §5.1.3). No checksum or
-// segmentation offloads: every frame either way is complete, so the
-// device never has to finish a checksum for the guest or the host, and
-// the headers stay (nearly) all zeros.
+// Feature bits of virtio-net (virtio 1.2 §5.1.3). The offloads come in
+// pairs: the device's (CSUM, HOST_*: the guest may send unfinished work)
+// and the driver's (GUEST_*: the guest accepts unfinished work). They are
+// offered only on a backend that can carry such frames (offload.go).
 const (
+	featureCsum          = 1 << 0  // VIRTIO_NET_F_CSUM: the device finishes checksums (NEEDS_CSUM on transmit)
+	featureGuestCsum     = 1 << 1  // VIRTIO_NET_F_GUEST_CSUM: the driver takes partial checksums, and DATA_VALID
 	featureMAC           = 1 << 5  // VIRTIO_NET_F_MAC: mac in the config space is valid
+	featureGuestTSO4     = 1 << 7  // VIRTIO_NET_F_GUEST_TSO4: the driver takes TCP/IPv4 frames still to be segmented
+	featureGuestTSO6     = 1 << 8  // VIRTIO_NET_F_GUEST_TSO6: ... TCP/IPv6
+	featureGuestECN      = 1 << 9  // VIRTIO_NET_F_GUEST_ECN: ... with ECN (VIRTIO_NET_HDR_GSO_ECN)
+	featureHostTSO4      = 1 << 11 // VIRTIO_NET_F_HOST_TSO4: the device segments TCP/IPv4 frames
+	featureHostTSO6      = 1 << 12 // VIRTIO_NET_F_HOST_TSO6: ... TCP/IPv6
+	featureHostECN       = 1 << 13 // VIRTIO_NET_F_HOST_ECN: ... with ECN
 	featureMrgRxbuf      = 1 << 15 // VIRTIO_NET_F_MRG_RXBUF: a received frame may span several buffers
 	featureStatus        = 1 << 16 // VIRTIO_NET_F_STATUS: status in the config space is valid
 	featureCtrlVQ        = 1 << 17 // VIRTIO_NET_F_CTRL_VQ: there is a control queue
 	featureGuestAnnounce = 1 << 21 // VIRTIO_NET_F_GUEST_ANNOUNCE: the guest announces itself on request (needs CTRL_VQ)
 
-	offered = featureMAC | featureMrgRxbuf | featureStatus | featureCtrlVQ | featureGuestAnnounce
+	// alwaysOffered are the features offered whatever the backend.
+	alwaysOffered = featureMAC | featureMrgRxbuf | featureStatus | featureCtrlVQ | featureGuestAnnounce
 )
 
 // Queues (virtio 1.2 §5.1.2). Without VIRTIO_NET_F_MQ there is one pair,
@@ -87,6 +96,8 @@ type Backend interface {
 type Detacher interface {
 	Detach() error
 	Attach() error
+	// IsDetached reports whether another queue has the traffic.
+	IsDetached() bool
 }
 
 // Config describes a virtio-net device.
@@ -106,8 +117,10 @@ type Config struct {
 // Device is a virtio-net device. It implements virtio.Device,
 // virtio.ConfigChanger and io.Closer.
 type Device struct {
-	backend Backend
-	logf    func(format string, args ...any)
+	backend   Backend
+	offloader Offloader // the backend, if it is one; else nil
+	offered   uint64    // the features offered, fixed by New
+	logf      func(format string, args ...any)
 
 	mu            sync.Mutex
 	mac           [6]byte        // changed only by RestoreState, before Activate
@@ -163,6 +176,11 @@ func New(cfg Config) *Device {
 		rxFull:     make(chan []byte, rxBuffers),
 		closing:    make(chan struct{}),
 		readerDone: make(chan struct{}),
+	}
+	d.offloader, _ = cfg.Backend.(Offloader)
+	d.offered = alwaysOffered
+	if d.offloader != nil {
+		d.offered |= offloadFeatures(d.offloader.SupportedOffloads())
 	}
 	if cfg.MAC == nil {
 		d.mac = randomMAC()
@@ -220,8 +238,9 @@ func (d *Device) MAC() stdnet.HardwareAddr {
 // Type is virtio.TypeNet.
 func (d *Device) Type() virtio.DeviceType { return virtio.TypeNet }
 
-// Features are the virtio-net feature bits offered.
-func (d *Device) Features() uint64 { return offered }
+// Features are the virtio-net feature bits offered: alwaysOffered, and
+// the offloads the backend supports.
+func (d *Device) Features() uint64 { return d.offered }
 
 // QueueMaxSizes: receive, transmit, control.
 func (d *Device) QueueMaxSizes() []uint16 {
@@ -255,16 +274,16 @@ func (d *Device) SetConfigChanged(changed func()) {
 	d.configChanged = changed
 }
 
-// Activate starts one goroutine per queue, and the backend reader if it
-// does not run yet.
+// Activate sets the backend's offloads to what the driver accepted,
+// starts one goroutine per queue, and the backend reader if it does not
+// run yet. The transport calls it at DRIVER_OK, and after RestoreState on
+// a migration's destination, so the destination's TAP gets the offloads
+// of the features the guest negotiated on the source.
 func (d *Device) Activate(features uint64, queues []*virtio.Queue) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	// §5.1.3.1: GUEST_ANNOUNCE "Requires VIRTIO_NET_F_CTRL_VQ", where the
-	// driver acknowledges the announcement. Linux's
-	// virtnet_validate_features refuses the same.
-	if features&featureGuestAnnounce != 0 && features&featureCtrlVQ == 0 {
-		return errors.New("the driver accepted VIRTIO_NET_F_GUEST_ANNOUNCE without VIRTIO_NET_F_CTRL_VQ")
+	if err := checkDependencies(features); err != nil {
+		return err
 	}
 	select {
 	case <-d.closing:
@@ -272,6 +291,7 @@ func (d *Device) Activate(features uint64, queues []*virtio.Queue) error {
 	default:
 	}
 	d.negotiated = features
+	d.setBackendOffloads(tapOffloads(features))
 	if !d.canAnnounce() {
 		// A restored state may carry the bit; this driver could
 		// never acknowledge it.
@@ -290,10 +310,10 @@ func (d *Device) Activate(features uint64, queues []*virtio.Queue) error {
 		d.rxMu.Lock()
 		d.receiving = true
 		d.rxMu.Unlock()
-		d.workers.Go(func() { d.serveRX(q, features&featureMrgRxbuf != 0, stop) })
+		d.workers.Go(func() { d.serveRX(q, features, stop) })
 	}
 	if q := queue(txQueue); q != nil {
-		d.workers.Go(func() { d.serveTX(q, stop) })
+		d.workers.Go(func() { d.serveTX(q, features, stop) })
 	}
 	// A control queue the driver set up without negotiating CTRL_VQ is
 	// not one (§5.1.2): leave it alone.
@@ -312,8 +332,9 @@ func (d *Device) canAnnounce() bool {
 }
 
 // Reset stops the queue goroutines and waits for them, drops the frames
-// received for the old driver, and clears the status to link up. The
-// goroutines are stopped without d.mu held, since the control queue's
+// received for the old driver, clears the status to link up, and turns
+// the backend's offloads off until the next driver says what it takes.
+// The goroutines are stopped without d.mu held, since the control queue's
 // takes it.
 func (d *Device) Reset() {
 	d.mu.Lock()
@@ -325,6 +346,13 @@ func (d *Device) Reset() {
 	d.stop = nil
 	d.negotiated = 0
 	d.status = statusLinkUp
+	if !d.backendDetached() {
+		// A detached TAP queue has handed the interface to another
+		// queue, a migration destination's on this host, whose
+		// device set the offloads for the same guest: the source's
+		// Close must not take them away from it.
+		d.setBackendOffloads(0)
+	}
 	d.mu.Unlock()
 	close(stop)
 	d.workers.Wait()
@@ -413,6 +441,12 @@ func (d *Device) Attach() error {
 		return b.Attach()
 	}
 	return nil
+}
+
+// backendDetached reports whether the backend is a detached Detacher.
+func (d *Device) backendDetached() bool {
+	b, ok := d.backend.(Detacher)
+	return ok && b.IsDetached()
 }
 
 // Stats counts frames. Dropped received frames are those the device

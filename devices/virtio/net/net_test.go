@@ -83,6 +83,12 @@ func (f *fakeBackend) Attach() error {
 	return nil
 }
 
+func (f *fakeBackend) IsDetached() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.detaches > f.attaches
+}
+
 // feed queues a frame for the guest, behind an all-zero header.
 func (f *fakeBackend) feed(frame []byte) { f.feedWithHeader(make([]byte, hdrSize), frame) }
 
@@ -140,22 +146,31 @@ func newHarness(t *testing.T, want uint64) *harness {
 	mem := virtiotest.NewMemory(t, memSize)
 	h := &harness{t: t, mem: mem, drv: virtiotest.New(t, mem, 0x1000, memSize), logs: &virtiotest.LogRecorder{}}
 	h.attach(newFakeBackend(), testMAC)
+	h.start(want)
+	return h
+}
+
+// start has the driver negotiate want and set up the queues.
+func (h *harness) start(want uint64) {
 	sizes := []uint16{16, 16}
 	if want&featureCtrlVQ != 0 {
 		sizes = append(sizes, 8)
 	}
 	qs := h.drv.Init(want, sizes...)
 	h.rx, h.tx = qs[0], qs[1]
+	h.ctrl = nil
 	if len(qs) > 2 {
 		h.ctrl = qs[2]
 	}
-	return h
 }
 
 // attach puts a new device on be behind a new transport.
-func (h *harness) attach(be *fakeBackend, mac stdnet.HardwareAddr) {
+func (h *harness) attach(be *fakeBackend, mac stdnet.HardwareAddr) { h.attachBackend(be, be, mac) }
+
+// attachBackend puts a new device on backend, which wraps be.
+func (h *harness) attachBackend(backend Backend, be *fakeBackend, mac stdnet.HardwareAddr) {
 	h.be = be
-	h.dev = New(Config{Backend: be, MAC: mac, Log: h.logs.Printf})
+	h.dev = New(Config{Backend: backend, MAC: mac, Log: h.logs.Printf})
 	h.m = virtio.NewMMIO(h.dev, virtio.MMIOConfig{Memory: h.mem, Interrupt: h.drv.Interrupt, Log: h.logs.Printf})
 	dev := h.dev
 	h.t.Cleanup(func() {
@@ -568,7 +583,7 @@ func TestFromBackendChecks(t *testing.T) {
 		pkt[hdrFlags] = hdrFlagNeedsCsum
 		binary.LittleEndian.PutUint16(pkt[hdrCsumStart:], c.start)
 		binary.LittleEndian.PutUint16(pkt[hdrCsumOffset:], c.off)
-		if err := fromBackend(pkt); err == nil || !strings.Contains(err.Error(), c.want) {
+		if err := forGuest(pkt, 0); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v", c.name, err)
 		}
 	}

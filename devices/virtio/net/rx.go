@@ -3,6 +3,7 @@ package net
 import (
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"govmm/devices/virtio"
 )
@@ -77,7 +78,7 @@ func (d *Device) readFrames() {
 }
 
 // serveRX delivers each frame the reader queues, until stop is closed.
-func (d *Device) serveRX(q *virtio.Queue, mergeable bool, stop <-chan struct{}) {
+func (d *Device) serveRX(q *virtio.Queue, features uint64, stop <-chan struct{}) {
 	for {
 		var pkt []byte
 		select {
@@ -85,7 +86,7 @@ func (d *Device) serveRX(q *virtio.Queue, mergeable bool, stop <-chan struct{}) 
 		case <-stop:
 			return
 		}
-		d.receive(q, pkt, mergeable, stop)
+		d.receive(q, pkt, features, stop)
 		d.rxFree <- pkt[:cap(pkt)]
 	}
 }
@@ -94,13 +95,14 @@ func (d *Device) serveRX(q *virtio.Queue, mergeable bool, stop <-chan struct{}) 
 // for receive buffers if the guest has none. Notifications wake it when
 // the driver adds buffers, and when the transport resumes after a pause
 // (while paused, Pop hands out nothing).
-func (d *Device) receive(q *virtio.Queue, pkt []byte, mergeable bool, stop <-chan struct{}) {
-	if err := fromBackend(pkt); err != nil {
+func (d *Device) receive(q *virtio.Queue, pkt []byte, features uint64, stop <-chan struct{}) {
+	if err := forGuest(pkt, features); err != nil {
 		d.logf("received %v: dropped", err)
 		d.stats.rxDropped.Add(1)
 		return
 	}
-	for !d.deliver(q, pkt, mergeable) {
+	mergeable := features&featureMrgRxbuf != 0
+	for !d.deliver(q, pkt, mergeable, stop) {
 		select {
 		case <-q.Notified():
 		case <-stop:
@@ -110,21 +112,37 @@ func (d *Device) receive(q *virtio.Queue, pkt []byte, mergeable bool, stop <-cha
 	}
 }
 
+// partialWait is how long deliver holds some of the buffers a frame needs
+// while waiting for the driver to add the rest. A 64 KiB frame from the
+// TAP's segmentation offload takes 16 or more of Linux's mergeable
+// buffers (at most a page each), so a ring that still has a few is
+// common; the driver refills it from its NAPI poll, within microseconds
+// to a millisecond. Dropping at once would cost the guest a TCP
+// retransmission of the whole 64 KiB. The wait is bounded because a pause
+// waits for every chain popped (virtio.Queue.Pop).
+const partialWait = 10 * time.Millisecond
+
 // deliver copies pkt into the guest's receive buffers and pushes them. It
 // returns false if the queue had no buffer at all (the frame is still to
 // be delivered), true once the frame is delivered or dropped.
-func (d *Device) deliver(q *virtio.Queue, pkt []byte, mergeable bool) bool {
+func (d *Device) deliver(q *virtio.Queue, pkt []byte, mergeable bool, stop <-chan struct{}) bool {
 	need := int64(len(pkt))
 	var chains []*virtio.Chain
 	var room int64
+	var timeout <-chan time.Time
 	for room < need && (mergeable || len(chains) == 0) {
 		c := q.Pop()
 		if c == nil {
 			if len(chains) == 0 {
 				return false
 			}
-			// Some buffers, not enough. Holding them while waiting
-			// for more could hold up a pause indefinitely, so the
+			if timeout == nil {
+				timeout = time.After(partialWait)
+			}
+			if waitForBuffers(q, timeout, stop) {
+				continue
+			}
+			// Some buffers, not enough, and no more coming: the
 			// frame is dropped and the buffers go back empty (Linux
 			// counts them as length errors and reuses them). With
 			// Linux's buffers of at least 1.5 KiB, this takes a
@@ -145,7 +163,10 @@ func (d *Device) deliver(q *virtio.Queue, pkt []byte, mergeable bool) bool {
 	if room < need {
 		// Without MRG_RXBUF a frame must fit one buffer (§5.1.6.3.1:
 		// the driver SHOULD provide at least 1526 bytes, a 1500-byte
-		// MTU's frame, and Linux gives 1518 plus the header).
+		// MTU's frame, and Linux gives 1518 plus the header; with
+		// GUEST_TSO4/TSO6 it "SHOULD populate the receive queue(s)
+		// with buffers of at least 65562 bytes", and Linux's "big
+		// packets" mode chains MAX_SKB_FRAGS pages behind the header).
 		d.logf("a %d-byte frame does not fit the driver's %d-byte receive buffer (no VIRTIO_NET_F_MRG_RXBUF): dropped", need-hdrSize, room)
 		d.stats.rxDropped.Add(1)
 		q.PushAll(chains...)
@@ -165,6 +186,19 @@ func (d *Device) deliver(q *virtio.Queue, pkt []byte, mergeable bool) bool {
 	// the first buffer in the used ring before the others.
 	q.PushAll(chains...)
 	return true
+}
+
+// waitForBuffers waits for the driver's next notification; false if
+// timeout or stop came first.
+func waitForBuffers(q *virtio.Queue, timeout <-chan time.Time, stop <-chan struct{}) bool {
+	select {
+	case <-q.Notified():
+		return true
+	case <-timeout:
+		return false
+	case <-stop:
+		return false
+	}
 }
 
 // checkRXChain checks that a chain is a receive buffer.

@@ -14,10 +14,13 @@ import (
 // buffer as the frame's first bytes (VIRTIO_F_ANY_LAYOUT, implied by
 // VIRTIO_F_VERSION_1), and the rest of a large frame in page fragments.
 // One goroutine serves the queue, so frames leave in the order the guest
-// queued them.
+// queued them. The frame's header goes to the backend checked but
+// otherwise as the guest wrote it (forBackend): with the offloads
+// negotiated, it may ask the host to finish a checksum or to segment a
+// 64 KiB TCP segment, which a TAP does (offload.go).
 
 // serveTX sends every frame the driver queues, until stop is closed.
-func (d *Device) serveTX(q *virtio.Queue, stop <-chan struct{}) {
+func (d *Device) serveTX(q *virtio.Queue, features uint64, stop <-chan struct{}) {
 	buf := make([]byte, hdrSize+maxFrameSize)
 	for {
 		select {
@@ -26,7 +29,7 @@ func (d *Device) serveTX(q *virtio.Queue, stop <-chan struct{}) {
 		case <-q.Notified():
 		}
 		for c := q.Pop(); c != nil; c = q.Pop() {
-			d.transmit(c, buf)
+			d.transmit(c, buf, features)
 			q.Push(c) // nothing written: the used length is 0
 		}
 	}
@@ -35,12 +38,12 @@ func (d *Device) serveTX(q *virtio.Queue, stop <-chan struct{}) {
 // transmit copies a frame out of guest memory into buf and hands it to
 // the backend. A bad frame is dropped and logged; the guest learns
 // nothing, as from a real NIC whose cable drops a frame.
-func (d *Device) transmit(c *virtio.Chain, buf []byte) {
+func (d *Device) transmit(c *virtio.Chain, buf []byte, features uint64) {
 	if c.Err() != nil { // logged by Pop
 		d.stats.txDropped.Add(1)
 		return
 	}
-	n, err := txFrame(c, buf)
+	n, err := txFrame(c, buf, features)
 	if err != nil {
 		d.logf("transmit chain %d: %v: dropped", c.Head(), err)
 		d.stats.txDropped.Add(1)
@@ -57,7 +60,7 @@ func (d *Device) transmit(c *virtio.Chain, buf []byte) {
 // txFrame checks a transmit chain and copies it, header and frame, into
 // buf, which holds the largest frame. The copy is what gets checked and
 // sent: the guest may change its buffers meanwhile.
-func txFrame(c *virtio.Chain, buf []byte) (int, error) {
+func txFrame(c *virtio.Chain, buf []byte, features uint64) (int, error) {
 	// UNTRUSTED: layout, length and header are the guest's.
 	n := c.ReadableLen()
 	switch {
@@ -68,20 +71,15 @@ func txFrame(c *virtio.Chain, buf []byte) (int, error) {
 	case n < hdrSize+ethHeaderSize:
 		return 0, fmt.Errorf("%d bytes is shorter than a %d-byte header and an Ethernet header", n, hdrSize)
 	case n > int64(len(buf)):
+		// With TSO too: Linux's GSO_LEGACY_MAX_SIZE keeps a segment
+		// and its headers within 64 KiB.
 		return 0, fmt.Errorf("frame of %d bytes is longer than the largest, %d", n-hdrSize, maxFrameSize)
 	}
 	c.ReadAt(buf[:n], 0)
-	// §5.1.6.2.1: without VIRTIO_NET_F_CSUM the driver "MUST NOT" ask for
-	// a checksum (NEEDS_CSUM), without a HOST_TSO/USO feature it must
-	// leave gso_type NONE, and DATA_VALID and RSC_INFO are for receiving
-	// only: with no feature negotiated, flags and gso_type are 0.
-	if flags, gso := buf[hdrFlags], buf[hdrGSOType]; flags != 0 || gso != gsoNone {
-		return 0, fmt.Errorf("header asks for offloads that were not negotiated (flags %#x, gso_type %#x)", flags, gso)
+	hdr, err := forBackend(parseHeader(buf), int(n)-hdrSize, features)
+	if err != nil {
+		return 0, fmt.Errorf("header: %w", err)
 	}
-	// The other fields only qualify flags and gso_type, and num_buffers
-	// is unused on transmit; the backend gets them as zeros, so that a
-	// TAP has nothing of the guest's to interpret (tun_get_user checks
-	// hdr_len against the frame even without GSO).
-	clear(buf[:hdrSize])
+	hdr.put(buf)
 	return int(n), nil
 }
