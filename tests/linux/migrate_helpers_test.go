@@ -252,8 +252,9 @@ func procNetAddr(addr string) (string, error) {
 	return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ap.Port), nil
 }
 
-//
-// It reads the table of pid's network namespace, not /proc/net/tcp:
+// tcpSocketIn reports whether a TCP socket with local address local (in
+// /proc/net/tcp's hex form) is in state. It reads the table of pid's
+// network namespace, not /proc/net/tcp:
 // that is the namespace of this process's main thread, which a test's
 // client namespace (taptest.NetNS) may have taken over.
 func tcpSocketIn(pid int, local, state string) (bool, error) {
