@@ -108,7 +108,7 @@ func reportFailure(t *testing.T, output []byte) {
 
 var (
 	scenarioMessage = regexp.MustCompile(`^\w+_test\.go:\d+: `)                                  // a t.Log/t.Error line
-	consoleLine     = regexp.MustCompile(`^\w+_test\.go:\d+: (\S+ )?(console|stderr|migrate): `) // a console echo
+	consoleLine     = regexp.MustCompile(`^\w+_test\.go:\d+: (\S+ )?(console|stderr|migrate):( |$)`) // a console echo
 )
 
 // lineLogger passes a byte stream to t.Logf line by line (live with -v).
