@@ -107,7 +107,7 @@ func reportFailure(t *testing.T, output []byte) {
 }
 
 var (
-	scenarioMessage = regexp.MustCompile(`^\w+_test\.go:\d+: `)                                  // a t.Log/t.Error line
+	scenarioMessage = regexp.MustCompile(`^\w+_test\.go:\d+: `)                                      // a t.Log/t.Error line
 	consoleLine     = regexp.MustCompile(`^\w+_test\.go:\d+: (\S+ )?(console|stderr|migrate):( |$)`) // a console echo
 )
 
