@@ -49,7 +49,7 @@ func run() int {
 	guest := flag.Bool("guest", false, "boot the guest with govmm on this terminal (make run on a PVM host)")
 	canDirect := flag.Bool("can-run-direct", false, "exit 0 if /dev/kvm here can boot Linux without the test host, 1 if not")
 	shell := flag.Bool("shell", false, "interactive shell in the test host (after the scenario, if one is given with --)")
-	timeout := flag.Duration("timeout", 8*time.Minute, "time limit for the whole run")
+	timeout := flag.Duration("timeout", 30*time.Minute, "time limit for the whole run")
 	logFile := flag.String("log", "", "also write the console to this file")
 	govmm := flag.String("govmm", "", "use this prebuilt static govmm instead of building ./cmd/govmm")
 	mem := flag.Int("mem", 4096, "test-host memory in MiB")
