@@ -99,6 +99,8 @@ func reportFailure(t *testing.T, output []byte) {
 			summary = append(summary, l)
 		case scenarioMessage.MatchString(trimmed) && !consoleLine.MatchString(trimmed):
 			summary = append(summary, l)
+		case consoleLine.MatchString(trimmed) && govmmComplaint.MatchString(trimmed):
+			summary = append(summary, l) // govmm's own error line on a stderr
 		}
 	}
 	t.Logf("failures reported by the scenarios:\n%s", strings.Join(summary, "\n"))
@@ -107,7 +109,8 @@ func reportFailure(t *testing.T, output []byte) {
 }
 
 var (
-	scenarioMessage = regexp.MustCompile(`^\w+_test\.go:\d+: `)                                      // a t.Log/t.Error line
+	scenarioMessage = regexp.MustCompile(`^\w+_test\.go:\d+: `) // a t.Log/t.Error line
+	govmmComplaint  = regexp.MustCompile(`govmm: .*(?i:fail|error|crash|refus|invalid|cannot|can't)`)
 	consoleLine     = regexp.MustCompile(`^\w+_test\.go:\d+: (\S+ )?(console|stderr|migrate):( |$)`) // a console echo
 )
 
