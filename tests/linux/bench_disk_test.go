@@ -25,10 +25,7 @@ import (
 // which puts QEMU into the test host.
 func BenchmarkDisk(b *testing.B) {
 	e := needEnv(b)
-	qemu := os.Getenv("GOVMM_QEMU")
-	if qemu == "" {
-		b.Fatal("GOVMM_QEMU is not set: run the benchmark through the test host's -bench mode, which provides QEMU")
-	}
+	qemu := needQEMU(b)
 	initrd := benchInitrd(b, e)
 	type result struct{ write, read, iops float64 }
 	results := map[string]result{}
@@ -110,4 +107,14 @@ func qemuArgs(e env, initrd string, cmdline ...string) []string {
 		"-kernel", e.kernel, "-initrd", initrd,
 		"-append", strings.Join(append([]string{"console=ttyS0 reboot=acpi panic=-1 pci=off quiet"}, cmdline...), " "),
 	}
+}
+
+// needQEMU returns the QEMU the test host provides for comparisons.
+func needQEMU(b *testing.B) string {
+	b.Helper()
+	qemu := os.Getenv("GOVMM_QEMU")
+	if qemu == "" {
+		b.Fatal("GOVMM_QEMU is not set: run the benchmark through the test host's -bench mode, which provides QEMU")
+	}
+	return qemu
 }

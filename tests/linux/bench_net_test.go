@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -22,10 +21,7 @@ import (
 // govmm/QEMU ratios; in the test host only the ratios mean something.
 func BenchmarkNet(b *testing.B) {
 	e := needEnv(b)
-	qemu := os.Getenv("GOVMM_QEMU")
-	if qemu == "" {
-		b.Fatal("GOVMM_QEMU is not set: run the benchmark through the test host's -bench mode, which provides QEMU")
-	}
+	qemu := needQEMU(b)
 	initrd := benchInitrd(b, e)
 	type result struct {
 		mbps      float64
