@@ -54,14 +54,30 @@ func TestLinuxInTestHost(t *testing.T) {
 	}
 	// The scenarios' own limit is shorter than ours, so a hung scenario
 	// still prints Go's goroutine dump through the console.
-	budget := time.Until(mustDeadline(ctx))
-	res, err := h.Run(ctx, Scenario{
-		Program: prog,
-		Args:    append([]string{"-test.v", "-test.timeout", (budget - 20*time.Second).String()}, scenarioFilter()...),
-		Console: logw,
-		Timeout: budget,
-	})
-	t.Logf("test host ready after %.1fs; whole run %.1fs (mode %s)", res.Ready.Seconds(), res.Duration.Seconds(), h.Mode)
+	run := func(filter []string) (Result, error) {
+		budget := time.Until(mustDeadline(ctx))
+		res, err := h.Run(ctx, Scenario{
+			Program: prog,
+			Args:    append([]string{"-test.v", "-test.timeout", (budget - 20*time.Second).String()}, filter...),
+			Console: logw,
+			Timeout: budget,
+		})
+		t.Logf("test host ready after %.1fs; whole run %.1fs (mode %s)", res.Ready.Seconds(), res.Duration.Seconds(), h.Mode)
+		return res, err
+	}
+	res, err := run(scenarioFilter())
+	// A guest in the test host triple-faults now and then at a random
+	// point, in about one boot in six (tests/linux bootToShell retries the
+	// boots; this covers the rest of a scenario). When scenarios failed in
+	// a run where a guest triple-faulted, they run once more, in a fresh
+	// test host, and that second run decides. A failure of govmm's own
+	// fails both runs.
+	if failed := failedScenarios(res.Output); err == nil && res.Status != 0 && len(failed) > 0 && len(failed) <= 3 &&
+		bytes.Contains(res.Output, []byte(tripleFault)) {
+		reportFailure(t, res.Output)
+		t.Logf("TEST-HOST FLAKE: %s failed in a run where a guest triple-faulted (nested TCG); running them once more", strings.Join(failed, ", "))
+		res, err = run([]string{"-test.run", "^(" + strings.Join(failed, "|") + ")$"})
+	}
 	if err != nil {
 		reportFailure(t, res.Output)
 		t.Fatal(err)
@@ -81,6 +97,19 @@ func TestLinuxInTestHost(t *testing.T) {
 func mustDeadline(ctx context.Context) time.Time {
 	d, _ := ctx.Deadline()
 	return d
+}
+
+// tripleFault is how govmm reports a guest that triple-faulted.
+const tripleFault = "triple fault (KVM_EXIT_SHUTDOWN)"
+
+// failedScenarios lists the top-level scenarios that failed in a run's
+// output ("--- FAIL: TestX (1.23s)" at the start of a line).
+func failedScenarios(output []byte) []string {
+	var out []string
+	for _, m := range regexp.MustCompile(`(?m)^--- FAIL: (Test\w+)`).FindAllSubmatch(output, -1) {
+		out = append(out, string(m[1]))
+	}
+	return out
 }
 
 // reportFailure logs, when not already shown live, which scenarios failed
@@ -159,4 +188,11 @@ func scenarioFilter() []string {
 		args = append(args, "-test.skip", re)
 	}
 	return args
+}
+
+func TestFailedScenarios(t *testing.T) {
+	out := []byte("=== RUN   TestA\r\n--- PASS: TestA (1.00s)\r\n    --- FAIL: TestB/sub (0.1s)\r\n--- FAIL: TestB (2.00s)\r\n--- FAIL: TestC_d (3.00s)\r\nFAIL\r\n")
+	if got := strings.Join(failedScenarios(out), ","); got != "TestB,TestC_d" {
+		t.Errorf("failedScenarios = %q, want TestB,TestC_d", got)
+	}
 }
