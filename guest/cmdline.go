@@ -69,7 +69,7 @@ func ParseCmdline(line string) map[string]string {
 }
 
 // Options are the settings init takes from the kernel command line.
-// Each field lists its parameter; later issues add more (govmm.ip=...).
+// Each field lists its parameter.
 type Options struct {
 	// Shell is the program started on the console
 	// (govmm.shell=PATH, default /bin/sh).

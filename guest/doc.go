@@ -49,9 +49,11 @@
 //  3. Init reads the govmm.* parameters of /proc/cmdline (ParseCmdline,
 //     OptionsFromCmdline).
 //  4. Init loads the modules of LoadListPath with finit_module(2), pvpanic
-//     first so that a later kernel panic reaches the VMM. Once virtio_pci
-//     is in, the kernel probes the virtio devices and devtmpfs grows
-//     /dev/vda and friends.
+//     first so that a later kernel panic reaches the VMM. Once virtio_mmio
+//     is in, the kernel probes the virtio devices the ACPI tables list and
+//     devtmpfs grows /dev/vda and friends; init mounts a disk holding an
+//     ext file system at /mnt/vdX (disks.go) and configures eth0 from
+//     govmm.ip (network.go).
 //  5. Init sets the hostname, prints HelpLine and ShellReadyBanner, and
 //     starts /bin/sh (busybox ash) on /dev/ttyS0 as a login shell in a new
 //     session with the serial port as its controlling terminal.

@@ -33,6 +33,8 @@
 //   - cpuid.go, vcpu_setup.go: what firmware would set up before an OS runs.
 //   - crash.go: the crash report: registers and code at RIP via x86asm.
 //   - bus.go: address ranges → devices.
+//   - eventfd.go: ioeventfd and irqfd, the paths by which virtio devices
+//     hear the guest and interrupt it without stopping a vCPU.
 //   - dirty.go: which pages changed, for live migration: KVM's dirty log
 //     plus the VMM's own writes.
 //   - state.go: a vCPU's and the VM's complete KVM state, saved and

@@ -3,9 +3,11 @@
 // devices and the vCPUs into a PC that a stock Linux kernel recognises, and
 // runs it until the guest powers off, reboots, panics or crashes.
 //
-// It is the only package that names every device and every address (see
-// layout.go); the vmm core below it knows only buses and exits, and the
-// devices know only their registers. Reading order: New (the machine comes to
+// It is the only package that names every board device and every address
+// (see layout.go); virtio devices it knows only as virtio.Device in a slot,
+// built from a spec by a DeviceFactory (cmd/govmm names their types). The
+// vmm core below it knows only buses and exits, and the devices know only
+// their registers. Reading order: New (the machine comes to
 // life in five steps), LoadLinux (firmware's job: ACPI tables, then
 // boot.Load), Run and the Exit it returns (exit.go). For live migration,
 // state.go saves and restores everything but RAM (SaveState, RestoreState:
