@@ -8,7 +8,8 @@
 //	    run every scenario in ./tests/linux
 //	go run ./tests/testhost/cmd/testhost -shell
 //	    an interactive shell in the test host; govmm is /bin/govmm and
-//	    `govmm run --modules $GOVMM_MODULES $GOVMM_KERNEL` boots the guest
+//	    `govmm run --modules $GOVMM_MODULES --cmdline "$GOVMM_GUEST_CMDLINE" $GOVMM_KERNEL`
+//	    boots the guest
 //	    (the cloud kernel; $GOVMM_GENERIC_MODULES and $GOVMM_GENERIC_KERNEL
 //	    for the generic one).
 //	    Ctrl-A x quits QEMU; Ctrl-A a sends Ctrl-A (so govmm's escape is
@@ -21,7 +22,9 @@
 //	go run ./tests/testhost/cmd/testhost -can-run-direct
 //	    exit 0 if this machine's /dev/kvm boots Linux itself (no test host).
 //	go run ./tests/testhost/cmd/testhost -- PROGRAM [ARGS...]
-//	    run any static program (built with CGO_ENABLED=0) as the scenario.
+//	    run any static program (built with CGO_ENABLED=0), or a busybox
+//	    sh script, as the scenario; -with-qemu also gives it QEMU
+//	    ($GOVMM_QEMU), to compare govmm with QEMU on the same nested KVM.
 //
 // The exit status is the scenario's. See package tests/testhost for the
 // environment variables (GOVMM_CACHE, GOVMM_TESTHOST, GOVMM_TESTHOST_GOVMM).
@@ -56,6 +59,7 @@ func run() int {
 	cpus := flag.Int("smp", 0, "test-host CPUs (default 2, or 1 on a one-CPU machine)")
 	kargs := flag.String("append", "", "extra test-host kernel arguments (e.g. loglevel=7)")
 	mode := flag.String("mode", "", "qemu or direct (default: $GOVMM_TESTHOST, else direct only on hardware KVM)")
+	withQEMU := flag.Bool("with-qemu", false, "copy this machine's QEMU into the test host as $GOVMM_QEMU (implied by -bench)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: testhost [flags] [-- PROGRAM [ARGS...]]\n")
 		flag.PrintDefaults()
@@ -86,7 +90,7 @@ func run() int {
 
 	// -guest (make run) boots only the cloud kernel: skip fetching and
 	// packing the generic one.
-	h, err := testhost.Prepare(ctx, testhost.Options{WorkDir: work, Log: os.Stderr, Mode: m, Govmm: *govmm, NoGeneric: *guest, WithQEMU: *benchRE != ""})
+	h, err := testhost.Prepare(ctx, testhost.Options{WorkDir: work, Log: os.Stderr, Mode: m, Govmm: *govmm, NoGeneric: *guest, WithQEMU: *withQEMU || *benchRE != ""})
 	if err != nil {
 		return fail(err)
 	}
