@@ -74,12 +74,6 @@ func BenchmarkDisk(b *testing.B) {
 		g, q := results["govmm-"+backend], results["qemu-"+backend]
 		fmt.Fprintf(&t, "%-8s %-6s %12.1f %12.1f %14.0f\n", backend, "govmm", g.write, g.read, g.iops)
 		fmt.Fprintf(&t, "%-8s %-6s %12.1f %12.1f %14.0f\n", backend, "qemu", q.write, q.read, q.iops)
-		ratio := func(a, b float64) float64 {
-			if b == 0 {
-				return 0
-			}
-			return a / b
-		}
 		fmt.Fprintf(&t, "%-8s %-6s %11.2fx %11.2fx %13.2fx\n", backend, "ratio", ratio(g.write, q.write), ratio(g.read, q.read), ratio(g.iops, q.iops))
 	}
 	b.Log(t.String())
@@ -99,13 +93,14 @@ func benchInitrd(b *testing.B, e env) string {
 // qemuArgs is QEMU's command line for the benchmarks' guest: the microvm
 // machine (virtio-mmio, ACPI, no PCI) on the test host's KVM, one vCPU
 // and 512 MiB as govmm's defaults, the serial console on stdio, and the
-// kernel command line govmm uses, plus extra parameters.
+// kernel command line govmm uses, plus the test host's (guestCmdline) and
+// extra parameters.
 func qemuArgs(e env, initrd string, cmdline ...string) []string {
 	return []string{
 		"-M", "microvm,rtc=on", "-accel", "kvm", "-cpu", "host", "-m", "512", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
 		"-kernel", e.kernel, "-initrd", initrd,
-		"-append", strings.Join(append([]string{"console=ttyS0 reboot=acpi panic=-1 pci=off quiet"}, cmdline...), " "),
+		"-append", strings.Join(append([]string{"console=ttyS0 reboot=acpi panic=-1 pci=off quiet", guestCmdline()}, cmdline...), " "),
 	}
 }
 

@@ -65,12 +65,6 @@ func BenchmarkNet(b *testing.B) {
 	fmt.Fprintf(&t, "\n%-6s %12s %14s %14s\n", "vmm", "echo MB/s", "RTT mean", "RTT p99")
 	fmt.Fprintf(&t, "%-6s %12.1f %14v %14v\n", "govmm", g.mbps, g.mean.Round(time.Microsecond), g.p99.Round(time.Microsecond))
 	fmt.Fprintf(&t, "%-6s %12.1f %14v %14v\n", "qemu", q.mbps, q.mean.Round(time.Microsecond), q.p99.Round(time.Microsecond))
-	ratio := func(a, b float64) float64 {
-		if b == 0 {
-			return 0
-		}
-		return a / b
-	}
 	fmt.Fprintf(&t, "%-6s %11.2fx %13.2fx %13.2fx   (latency: lower is better)\n", "ratio",
 		ratio(g.mbps, q.mbps), ratio(float64(g.mean), float64(q.mean)), ratio(float64(g.p99), float64(q.p99)))
 	b.Log(t.String())
