@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,31 +104,43 @@ func (v *vm) probe() {
 	v.typeLine("echo probe-$((40+2)); ps | grep '[d]irtier'")
 	if _, err := v.out.expect(literal("probe-42"), replyTimeout, v.done); err != nil {
 		v.t.Errorf("probe: the guest's shell does not answer either (%v): the guest is hung or its console is stuck", err)
-		v.logVCPUs()
+		v.diagnoseHang()
 		return
 	}
 	time.Sleep(2 * time.Second) // let ps print
 	v.t.Errorf("probe: the guest's shell answers, so the dirtier stopped in a running guest; see ps above")
 }
 
-// logVCPUs logs where the guest's vCPUs are, through the control socket
-// (GET /vcpus), twice a second apart: a guest spinning in one place, halted
-// for good or moving on shows here.
-func (v *vm) logVCPUs() {
+// diagnoseHang logs what a guest that stopped answering is doing, then
+// ends its govmm: where the vCPUs are, through the control socket (GET
+// /vcpus), twice a second apart (a guest spinning in one place, halted for
+// good or moving on shows here), and what every goroutine of govmm is
+// doing, from the stack dump the Go runtime prints on SIGQUIT (startGovmm
+// sets GOTRACEBACK=all). A vCPU blocked in an exit handler, or a device
+// goroutine stuck on a lock, shows only in the second.
+func (v *vm) diagnoseHang() {
 	v.t.Helper()
-	if v.api == "" {
-		return
+	if v.api != "" {
+		for i := range 2 {
+			reports, err := control.Dial(v.api).VCPUs()
+			if err != nil {
+				v.t.Logf("GET /vcpus: %v", err)
+				break
+			}
+			for _, r := range reports {
+				v.t.Logf("vCPUs of the guest that stopped (look %d):\n%s", i+1, r)
+			}
+			time.Sleep(time.Second)
+		}
 	}
-	for i := range 2 {
-		reports, err := control.Dial(v.api).VCPUs()
-		if err != nil {
-			v.t.Logf("GET /vcpus: %v", err)
-			return
-		}
-		for _, r := range reports {
-			v.t.Logf("vCPUs of the guest that stopped (look %d):\n%s", i+1, r)
-		}
-		time.Sleep(time.Second)
+	logKVMTraceOf(v.t, v.cmd.Process.Pid)
+	v.t.Logf("sending SIGQUIT to %s for its goroutines' stacks (on its stderr)", filepath.Base(v.cmd.Path))
+	v.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-v.done:
+	case <-time.After(10 * time.Second):
+		v.cmd.Process.Kill()
+		<-v.done
 	}
 }
 
@@ -314,11 +327,17 @@ type migrateResult struct {
 }
 
 // startMigrate starts `govmm migrate --api api --to to --json FILE
-// [extra...]` without waiting for it.
+// [extra...]` without waiting for it. Tests (not benchmarks, whose
+// downtime it would lengthen) add --verify: the destination then refuses
+// a guest whose RAM differs from the source's in any page, naming the
+// pages, instead of running it into a crash later.
 func startMigrate(t testing.TB, e env, api, to string, extra ...string) *migrateRun {
 	t.Helper()
 	m := &migrateRun{t: t, out: newConsole(t, "migrate"), json: filepath.Join(t.TempDir(), "report.json"), done: make(chan struct{})}
 	args := append([]string{"migrate", "--api", api, "--to", to, "--json", m.json}, extra...)
+	if _, bench := t.(*testing.B); !bench {
+		args = append(args, "--verify")
+	}
 	m.cmd = exec.Command(e.govmm, args...)
 	m.cmd.Stdout, m.cmd.Stderr = m.out, m.out
 	m.cmd.WaitDelay = 5 * time.Second
@@ -384,6 +403,9 @@ func migrate(t testing.TB, e env, api, to string, extra ...string) *migration.Re
 	}
 	checkReport(t, r.report)
 	logReport(t, r.report, time.Since(start))
+	if _, bench := t.(*testing.B); !bench && !r.report.Verified {
+		t.Error("the migration succeeded but its report says the destination did not verify RAM (--verify)")
+	}
 	return r.report
 }
 

@@ -111,7 +111,7 @@ func TestMigratePingPong(t *testing.T) {
 		addr := freeAddr(t)
 		nextAPI := filepath.Join(dir, name+".sock")
 		next := startReceiver(t, e, name, addr, "--api", nextAPI)
-		next.api = nextAPI // for logVCPUs, should the guest hang there
+		next.api = nextAPI // for diagnoseHang, should the guest hang there
 		t.Logf("hop %d: %s -> %s", hop, names[len(names)-1], name)
 		all, names = append(all, next), append(names, name)
 

@@ -246,7 +246,7 @@ func migrateWithTCPClient(t testing.TB, dirtierMiB int) (longest, downtime time.
 		dst.typeLine("echo $((6*7))-alive")
 		if _, err := dst.out.expect(literal("42-alive"), replyTimeout, dst.done); err != nil {
 			t.Logf("the guest's shell does not answer either (%v): the whole guest stopped, not just its network", err)
-			dst.logVCPUs()
+			dst.diagnoseHang()
 		} else {
 			t.Logf("the guest's shell answers: its network stopped")
 		}

@@ -90,7 +90,7 @@ func bootGuest(t testing.TB, e env) *vm {
 // booting kernel and init print far more often than that.
 func bootToShell(t testing.TB, name, bin string, args ...string) *vm {
 	t.Helper()
-	// A control socket, so that a hung boot can be looked at (logVCPUs).
+	// A control socket, so that a hung boot can be looked at (diagnoseHang).
 	api := ""
 	if len(args) > 0 && args[0] == "run" {
 		if i := slices.Index(args, "--api"); i >= 0 && i+1 < len(args) {
@@ -119,7 +119,7 @@ func bootToShell(t testing.TB, name, bin string, args ...string) *vm {
 			flake = "the guest triple-faulted while booting"
 		default:
 			flake = "the guest stopped making progress while booting (" + err.Error() + ")"
-			v.logVCPUs()
+			v.diagnoseHang()
 			v.cmd.Process.Kill()
 			<-v.done
 		}
@@ -158,6 +158,9 @@ func (v *vm) expectWhileProgressing(s string, quiet, total time.Duration) error 
 
 func startGovmm(t testing.TB, bin string, args ...string) *vm {
 	t.Helper()
+	if len(args) > 0 && args[0] == "run" {
+		args = withGuestCmdline(args)
+	}
 	v := &vm{
 		t:      t,
 		cmd:    exec.Command(bin, args...),
@@ -170,15 +173,21 @@ func startGovmm(t testing.TB, bin string, args ...string) *vm {
 		t.Fatal(err)
 	}
 	v.cmd.Stdout, v.cmd.Stderr = v.out, v.stderr
+	// Every goroutine's stack on SIGQUIT (diagnoseHang), not just one.
+	v.cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
 	v.cmd.WaitDelay = 5 * time.Second
 	t.Logf("starting %s %s", bin, strings.Join(args, " "))
 	if err := v.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	startKVMTrace(t)
 	go func() {
 		v.err = v.cmd.Wait()
 		v.out.flush()
 		v.stderr.flush()
+		if strings.Contains(v.stderr.String(), "triple fault") {
+			logKVMTrace(t)
+		}
 		close(v.done)
 	}()
 	t.Cleanup(func() {
@@ -191,6 +200,26 @@ func startGovmm(t testing.TB, bin string, args ...string) *vm {
 		}
 	})
 	return v
+}
+
+// guestCmdline is what the test host asks every guest's kernel command
+// line to carry (GOVMM_GUEST_CMDLINE, see tests/testhost: no5lvl there);
+// empty outside it.
+func guestCmdline() string { return os.Getenv("GOVMM_GUEST_CMDLINE") }
+
+// withGuestCmdline adds guestCmdline to a `govmm run` command line: to the
+// value of its --cmdline flag, or as a new one.
+func withGuestCmdline(args []string) []string {
+	extra := guestCmdline()
+	if extra == "" {
+		return args
+	}
+	args = slices.Clone(args)
+	if i := slices.Index(args, "--cmdline"); i >= 0 && i+1 < len(args) {
+		args[i+1] = strings.TrimSpace(args[i+1] + " " + extra)
+		return args
+	}
+	return slices.Insert(args, 1, "--cmdline", extra)
 }
 
 // typeLine sends line and a newline as keystrokes.

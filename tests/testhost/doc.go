@@ -28,7 +28,9 @@
 //     the generic one under /guest-generic), each with a modules directory
 //     trimmed to virtio and pvpanic, govmm, the scenario and an /init
 //     script. /init loads kvm-amd, exports GOVMM_BIN, GOVMM_KERNEL,
-//     GOVMM_MODULES, GOVMM_GENERIC_KERNEL and GOVMM_GENERIC_MODULES, runs
+//     GOVMM_MODULES, GOVMM_GENERIC_KERNEL, GOVMM_GENERIC_MODULES and
+//     GOVMM_GUEST_CMDLINE (kernel parameters every guest booted there
+//     must get: no5lvl, see initramfs.go), runs
 //     the scenario and prints "TESTHOST-EXIT <status>" before powering
 //     off. Run boots QEMU (run.go), streams the console to Scenario.Console
 //     and returns the status parsed from that marker.

@@ -89,6 +89,14 @@ for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
 	insmod /lib/modules/%[1]s/kernel/$m.ko || fail "insmod $m.ko failed"
 done
 [ -c /dev/kvm ] || fail "/dev/kvm missing after loading kvm-amd (does the CPU model have svm?)"
+# Guests booted here run with 4-level paging (no5lvl). TCG's "max" CPU
+# offers LA57, so a guest kernel would otherwise switch to 5-level paging,
+# and under TCG's emulated nested paging such a guest now and then takes an
+# instruction-fetch page fault on a mapped kernel address right after a
+# VM exit, which then triple-faults it: one boot in five, in guests under
+# QEMU 7.2 and 10.0 alike, with or without migration. With no5lvl it was
+# not seen again. Scenarios add this to every guest's command line.
+export GOVMM_GUEST_CMDLINE=no5lvl
 %[3]s
 echo "` + readyMarker + ` at $(cut -d' ' -f1 /proc/uptime)s uptime"
 cd /tmp

@@ -149,7 +149,7 @@ func (h *Host) runQEMU(ctx context.Context, s Scenario) (Result, error) {
 		command = append([]string{inHost}, s.Args...)
 	}
 	if s.Guest {
-		command = []string{"sh", "-c", `setsid cttyhack govmm run --modules "$GOVMM_MODULES" "$GOVMM_KERNEL"`}
+		command = []string{"sh", "-c", `setsid cttyhack govmm run --modules "$GOVMM_MODULES" --cmdline "$GOVMM_GUEST_CMDLINE" "$GOVMM_KERNEL"`}
 	}
 	if s.Interactive {
 		// The scenario (if any) runs first, then a shell with the console
