@@ -164,6 +164,9 @@ func (m *Machine) SaveState() ([]byte, error) {
 		// what the guest was told, and what the destination checks against
 		// its KVM_GET_SUPPORTED_CPUID. (PVM answers KVM_GET_CPUID2 with
 		// host bits it never offered as supported.)
+		if err := checkPageTableRoot(v.ID, st.Sregs, m.VM.Memory); err != nil {
+			return nil, err
+		}
 		s.VCPUs = append(s.VCPUs, savedVCPU{ID: v.ID, CPUID: m.cpuid[v.ID], State: st})
 	}
 	var err error
@@ -377,6 +380,30 @@ func (m *Machine) checkCompatible(s *savedMachine) error {
 		if err := CheckCPUID(v.CPUID, supported, m.kvm.CheckExtension(vmm.CapTSCDeadlineTimer) > 0); err != nil {
 			return fmt.Errorf("vCPU %d: %w", i, err)
 		}
+		if err := checkPageTableRoot(i, v.State.Sregs, m.VM.Memory); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkPageTableRoot refuses a vCPU with paging on whose CR3 does not point
+// into guest RAM: its next TLB miss walks page tables that do not exist,
+// and the guest hangs in a loop of nested page faults (KVM cannot emulate
+// a page walk through MMIO) or triple-faults. The source checks before it
+// sends a state it cannot mean, the destination before it restores one.
+//
+// UNTRUSTED on the destination: the state comes from the source.
+func checkPageTableRoot(id int, sr vmm.Sregs, mem *vmm.GuestMemory) error {
+	const cr0PG = 1 << 31
+	if sr.CR0&cr0PG == 0 {
+		return nil
+	}
+	// CR3 bits 51:12 hold the root's address (Intel SDM Vol. 3A §4.5;
+	// with PAE the root is 32-byte aligned, and Slice checks the same).
+	root := vmm.GPA(sr.CR3 & 0x000f_ffff_ffff_f000)
+	if _, err := mem.Slice(root, 8); err != nil {
+		return fmt.Errorf("vCPU %d: CR3 %#x does not point into guest RAM (paging is on): the page tables' root is not memory", id, sr.CR3)
 	}
 	return nil
 }

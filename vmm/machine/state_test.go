@@ -248,6 +248,10 @@ func TestRestoreRejectsBadStates(t *testing.T) {
 				}
 			}
 		}), "lacks features the guest was booted with"},
+		{"page tables outside RAM", edit(func(s *savedMachine) {
+			s.VCPUs[0].State.Sregs.CR0 |= 1<<31 | 1 // PG, PE
+			s.VCPUs[0].State.Sregs.CR3 = 0x1017ac000
+		}), "CR3 0x1017ac000 does not point into guest RAM"},
 		{"short LAPIC", edit(func(s *savedMachine) { s.VCPUs[0].State.LAPIC = s.VCPUs[0].State.LAPIC[:10] }), "LAPIC state is 10 bytes"},
 		{"duplicate MSR", edit(func(s *savedMachine) {
 			s.VCPUs[0].State.MSRs = append(s.VCPUs[0].State.MSRs, s.VCPUs[0].State.MSRs[0])
