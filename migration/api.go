@@ -38,6 +38,28 @@ type Source interface {
 	Stop()
 }
 
+// DirtyPeeker is an optional part of Source: looking at the pages written
+// since the previous DirtyPages without clearing them. Send uses it for
+// the writable-working-set rule within a round, which asks "has this page
+// changed again since the round began?" every PeekEvery pages. Clearing
+// the log to answer that (DirtyPages) would re-protect the guest's hot
+// pages each time, costing it a fault per page per look; a peek costs the
+// guest nothing (Xen's XEN_DOMCTL_SHADOW_OP_PEEK). A Source without it is
+// drained with DirtyPages instead.
+type DirtyPeeker interface {
+	// PeekDirtyPages returns the page-aligned GPAs written since the
+	// previous DirtyPages (or StartDirtyTracking), clearing nothing. ok
+	// is false if this source cannot peek after all.
+	PeekDirtyPages() (gpas []uint64, ok bool, err error)
+}
+
+// PageReader is an optional part of Target, needed to verify memory
+// (Options.Verify): it reads back a page written with WritePage.
+type PageReader interface {
+	// ReadPage copies the PageSize bytes at gpa into buf.
+	ReadPage(gpa uint64, buf []byte) error
+}
+
 // Target is the VM being built on the destination. The machine implements
 // it; Receive calls it from one goroutine only. Receive validates the
 // stream's structure; the Target validates meaning (does this layout fit my
@@ -137,6 +159,12 @@ type Options struct {
 	Timeout time.Duration
 	// Name identifies the source to the destination (e.g. its host name).
 	Name string
+	// Verify has the destination check its copy of guest RAM against the
+	// source's, page by page, before it restores the state (a Verify
+	// message: one CRC-32C per page, computed while the guest is paused).
+	// It costs downtime (both sides read all of RAM) and exists to catch
+	// lost writes; see "Verify" in doc.go.
+	Verify bool
 	// Clock is the time source (nil: the real clock).
 	Clock Clock
 }
@@ -255,6 +283,7 @@ type Report struct {
 	GuestRAM   uint64        `json:"guest_ram_bytes"`
 	WireBytes  uint64        `json:"wire_bytes"` // everything the source wrote
 	StateBytes int           `json:"state_bytes"`
+	Verified   bool          `json:"verified,omitempty"` // Options.Verify: RAM matched page by page
 	TotalTime  time.Duration `json:"total_time_ns"`
 	// Downtime runs from Pause on the source to reading the destination's
 	// Resumed message.
@@ -270,6 +299,7 @@ type ReceiveReport struct {
 	ZeroPages  uint64        `json:"zero_pages"`
 	WireBytes  uint64        `json:"wire_bytes"`
 	StateBytes int           `json:"state_bytes"`
+	Verified   bool          `json:"verified,omitempty"` // Options.Verify: RAM matched page by page
 	TotalTime  time.Duration `json:"total_time_ns"`
 	// AckError is set when the guest runs here but the Resumed message
 	// could not be sent: the source will report an unknown outcome, and

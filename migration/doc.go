@@ -11,6 +11,7 @@
 //	Source (vmm/machine)                                  Target (vmm/machine)
 //	  MemoryLayout, ReadPage,                               PrepareMemory, WritePage,
 //	  DirtyPages, SaveState                                 RestoreState, Resume
+//	  (PeekDirtyPages: DirtyPeeker)                         (ReadPage: PageReader)
 //	      │                                                      ▲
 //	      ▼                                                      │
 //	Send: dirty bitmaps (pages.go) → batches of     Receive: frames → checks →
@@ -40,6 +41,7 @@
 //	  │ SaveState; final DirtyPages; StopDirtyTracking              │
 //	  │ final round: Pages (all remaining dirty pages) ───────────▶ │
 //	  │ RoundEnd{k+1, entries} ───────────────────────────────────▶ │ memory complete?
+//	  │ [Verify{CRC-32C per page}, with Options.Verify] ──────────▶ │ every page matches?
 //	  │ State{blob} ──────────────────────────────────────────────▶ │ RestoreState
 //	  │ ◀───────────────────────────────────────────────── Restored │ (vCPUs NOT running)
 //	  │ Go ═══ commit point ══════════════════════════════════════▶ │ Resume
@@ -63,6 +65,9 @@
 //	0x03 RoundEnd  round u32 (1, 2, 3...) | entries u64 (Pages entries in the round)
 //	0x04 State     the machine's blob, opaque here; the machine versions it
 //	0x05 Go        empty
+//	0x06 Verify    count u32 (the layout's pages) | count × crc u32 (CRC-32C of each page,
+//	               in layout order); only with Options.Verify, between the final
+//	               RoundEnd and State
 //	0x81 Accept    empty          0x82 Restored   empty
 //	0x83 Resumed   empty          0x7f Error      UTF-8 text, at most 1024 bytes
 //
@@ -70,7 +75,8 @@
 // the payload is used, and a broken stream is detected at the first bad
 // frame. The receiver bounds every length before allocating: the type's
 // maximum (Hello 1.3 KiB, Pages 1 MiB, State ReceiveOptions.MaxStateSize,
-// Error 1 KiB), and it grows its buffer only as data arrives.
+// Verify 4 bytes per page of the layout in Hello, Error 1 KiB), and it
+// grows its buffer only as data arrives.
 //
 // # The receiver
 //
@@ -83,6 +89,8 @@
 //	RECEIVE MEMORY ◀──┐
 //	      │  │        │ Pages: flags, addresses, count vs bytes checked; WritePage
 //	      │  └────────┘ RoundEnd: round number is the next one, entry count matches
+//	      │             Verify (optional, once, after the last round): every page's
+//	      │             CRC-32C matches the source's, read back through PageReader
 //	      │ State: the last round has ended, every page arrived, RestoreState ok
 //	      ▼
 //	AWAIT GO ── reply Restored (vCPUs NOT running)
@@ -112,10 +120,16 @@
 // a later round. Each later round sends the pages dirtied during the one
 // before.
 //
-// Writable working set (Clark et al. §4; Xen's to_skip): after every batch,
-// Send drains DirtyPages into the set of pages dirtied during this round. A
-// page that is due but already in that set is skipped: it changed again,
-// the next round must send it anyway, so sending it now is wasted bandwidth.
+// Writable working set (Clark et al. §4; Xen's to_skip): a page that is due
+// but was written again since the round began is skipped: it changed again,
+// the next round must send it anyway, so sending it now is wasted
+// bandwidth. Send learns of those writes by peeking at the dirty log every
+// PeekEvery pages (4 MiB) when the Source is a DirtyPeeker (the machine is,
+// through KVM's manual dirty-log mode), as Xen peeks at its log between
+// batches; the log is harvested, and the pages re-protected, only once per
+// round, at its end. A Source that cannot peek is drained with DirtyPages
+// after every batch instead, which re-protects the guest's hot pages each
+// time and costs it a fault per page per batch.
 //
 // Rate limiting: in live rounds Send sleeps after each batch until the bytes
 // sent fit the limit since the round began (QEMU's default max-bandwidth,
@@ -152,6 +166,18 @@
 // (a virtio device completing a request writes the used ring), and KVM's
 // log does not see the VMM's writes: the final pass catches them (Cloud
 // Hypervisor's lessons).
+//
+// # Verify
+//
+// With Options.Verify (govmm migrate --verify) the source follows the final
+// round with a CRC-32C of every page, computed while the guest is paused,
+// and the destination compares its own copy before it restores anything.
+// A mismatch names the pages and fails the migration; the guest goes on at
+// the source. A page can only differ if a write escaped the dirty log: the
+// guest's (KVM's log) or the VMM's (a device that forgot MarkDirty). Such a
+// bug otherwise shows up as a migrated guest that crashes later for no
+// visible reason. It costs downtime (both sides read all of RAM), so it is
+// off by default; the project's Linux migration tests turn it on.
 //
 // # Commit and rollback
 //

@@ -66,6 +66,10 @@ type fakeSource struct {
 	writes uint64
 
 	failSave error
+	drains   int // DirtyPages calls
+	// loseWrite, if not 0, is a page SaveState changes without marking it
+	// dirty: a device that forgot MarkDirty.
+	loseWrite uint64
 }
 
 func newFakeSource(layout []Region) *fakeSource {
@@ -157,13 +161,41 @@ func (f *fakeSource) DirtyPages() ([]uint64, error) {
 	if !f.tracking {
 		return nil, errors.New("dirty tracking is off")
 	}
+	f.drains++
+	out := f.dirtyGPAs()
+	clear(f.dirty)
+	return out, nil
+}
+
+func (f *fakeSource) dirtyGPAs() []uint64 {
 	out := make([]uint64, 0, len(f.dirty))
 	for gpa := range f.dirty {
 		out = append(out, gpa)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	clear(f.dirty)
-	return out, nil
+	return out
+}
+
+// peekingSource is a fakeSource that is also a DirtyPeeker, as KVM's
+// manual dirty-log mode makes the machine. With canPeek false it answers
+// ok=false, as the machine does on a KVM without that mode.
+type peekingSource struct {
+	*fakeSource
+	canPeek bool
+	peeks   int
+}
+
+func (p *peekingSource) PeekDirtyPages() ([]uint64, bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.tracking {
+		return nil, false, errors.New("dirty tracking is off")
+	}
+	p.peeks++
+	if !p.canPeek {
+		return nil, false, nil
+	}
+	return p.dirtyGPAs(), true, nil
 }
 
 func (f *fakeSource) StopDirtyTracking() error {
@@ -201,6 +233,9 @@ func (f *fakeSource) SaveState() ([]byte, error) {
 	// Quiescing devices writes guest RAM (a virtio used ring): the final
 	// memory pass must catch this.
 	f.write(f.layout[0].Start)
+	if f.loseWrite != 0 {
+		f.page(f.loseWrite)[7]++
+	}
 	return bytes.Clone(f.state), nil
 }
 
@@ -259,6 +294,18 @@ func (t *fakeTarget) WritePage(gpa uint64, data []byte) error {
 		return fmt.Errorf("page of %d bytes", len(data))
 	}
 	t.pages[gpa] = bytes.Clone(data)
+	return nil
+}
+
+// ReadPage makes fakeTarget a PageReader, for Options.Verify.
+func (t *fakeTarget) ReadPage(gpa uint64, buf []byte) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p, ok := t.pages[gpa]; ok {
+		copy(buf, p)
+	} else {
+		clear(buf[:PageSize])
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"reflect"
@@ -88,31 +89,62 @@ func TestRoundTripIdleGuest(t *testing.T) {
 }
 
 // The writable working set (Clark et al. §4): pages dirtied again while a
-// round is in progress are skipped in that round and sent later.
+// round is in progress are skipped in that round and sent later, whether
+// Send learns of them by draining the dirty log after every batch or by
+// peeking at it (DirtyPeeker) every PeekEvery pages.
 func TestWritableWorkingSetSkipped(t *testing.T) {
-	src := newFakeSource(twoRegions)
-	src.fill()
-	src.hot = hotPages(twoRegions, 40)
-	src.burst = true // every batch interval rewrites all 40 hot pages
-	tgt := newFakeTarget()
-	opts := Options{MaxBandwidth: 8 << 20, DowntimeLimit: time.Nanosecond, MaxRounds: 4, Clock: simulated(src)}
-	res := migrate(t, src, tgt, opts, ReceiveOptions{}, nil, nil)
-	checkSuccess(t, res, src, tgt)
+	// Four peeks' worth of pages, the hot ones at the very end.
+	layout := []Region{{Start: 0, Size: 2 * PeekEvery * PageSize}, {Start: 1 << 32, Size: 2 * PeekEvery * PageSize}}
+	for _, mode := range []string{"drain", "peek", "peek-refused"} {
+		t.Run(mode, func(t *testing.T) {
+			fake := newFakeSource(layout)
+			fake.fill()
+			fake.hot = hotPages(layout, 40)
+			fake.burst = true // every batch interval rewrites all 40 hot pages
+			var src Source = fake
+			peeker := &peekingSource{fakeSource: fake, canPeek: mode == "peek"}
+			if mode != "drain" {
+				src = peeker
+			}
+			tgt := newFakeTarget()
+			opts := Options{MaxBandwidth: 8 << 20, DowntimeLimit: time.Nanosecond, MaxRounds: 4, Clock: simulated(fake)}
+			res := migrate(t, src, tgt, opts, ReceiveOptions{}, nil, nil)
+			checkSuccess(t, res, fake, tgt)
 
-	r1 := res.rep.Rounds[0]
-	if r1.PagesSkipped != uint64(len(src.hot)) {
-		t.Errorf("round 1 skipped %d pages, want the %d hot pages", r1.PagesSkipped, len(src.hot))
-	}
-	if got := r1.PagesSent + r1.ZeroPages + r1.PagesSkipped; got != src.idx.total {
-		t.Errorf("round 1 covered %d pages, want %d", got, src.idx.total)
-	}
-	// The hot pages were not read in round 1 (they were dirty again before
-	// their turn came), but once in every later round.
-	want := len(res.rep.Rounds) - 1
-	for _, gpa := range src.hot {
-		if n := src.reads[gpa]; n != want {
-			t.Errorf("hot page %#x read %d times, want %d (every round but the first)", gpa, n, want)
-		}
+			r1 := res.rep.Rounds[0]
+			if r1.PagesSkipped != uint64(len(fake.hot)) {
+				t.Errorf("round 1 skipped %d pages, want the %d hot pages", r1.PagesSkipped, len(fake.hot))
+			}
+			if got := r1.PagesSent + r1.ZeroPages + r1.PagesSkipped; got != fake.idx.total {
+				t.Errorf("round 1 covered %d pages, want %d", got, fake.idx.total)
+			}
+			// The hot pages were not read in round 1 (they were dirty
+			// again before their turn came), but once in every later
+			// round.
+			want := len(res.rep.Rounds) - 1
+			for _, gpa := range fake.hot {
+				if n := fake.reads[gpa]; n != want {
+					t.Errorf("hot page %#x read %d times, want %d (every round but the first)", gpa, n, want)
+				}
+			}
+			// A peeker's log is harvested once per round, at its end
+			// (the final round's after SaveState); without one, after
+			// every batch too.
+			switch mode {
+			case "peek":
+				if fake.drains != len(res.rep.Rounds) || peeker.peeks < 3 {
+					t.Errorf("%d drains and %d peeks in %d rounds, want one drain per round and a peek every %d pages",
+						fake.drains, peeker.peeks, len(res.rep.Rounds), PeekEvery)
+				}
+			default:
+				if fake.drains <= len(res.rep.Rounds) {
+					t.Errorf("%d drains in %d rounds, want more than one per round", fake.drains, len(res.rep.Rounds))
+				}
+				if mode == "peek-refused" && peeker.peeks != 1 {
+					t.Errorf("%d peeks, want 1: a refused peek is not tried again", peeker.peeks)
+				}
+			}
+		})
 	}
 }
 
@@ -521,3 +553,60 @@ func TestOptionsRejected(t *testing.T) {
 		}
 	}
 }
+
+// Verify: the destination compares its RAM with the source's page by page
+// before restoring anything. A write the dirty log never reported (here,
+// one made while saving the state, without MarkDirty) fails the migration
+// with the pages named, and the guest keeps running on the source.
+func TestVerifyMemory(t *testing.T) {
+	t.Run("match", func(t *testing.T) {
+		src := newFakeSource(twoRegions)
+		src.fill()
+		tgt := newFakeTarget()
+		res := migrate(t, src, tgt, Options{Verify: true, Clock: simulated(src)}, ReceiveOptions{}, nil, nil)
+		checkSuccess(t, res, src, tgt)
+		if !res.rep.Verified || !res.rrep.Verified {
+			t.Errorf("reports say verified = %v (source), %v (destination), want true", res.rep.Verified, res.rrep.Verified)
+		}
+	})
+	t.Run("lost-write", func(t *testing.T) {
+		src := newFakeSource(twoRegions)
+		src.fill()
+		lost := twoRegions[1].Start + 5*PageSize
+		src.loseWrite = lost
+		tgt := newFakeTarget()
+		res := migrate(t, src, tgt, Options{Verify: true, Clock: simulated(src)}, ReceiveOptions{}, nil, nil)
+		want := fmt.Sprintf("1 pages differ from the source's after the final round (at [%#x])", lost)
+		if res.recvErr == nil || !strings.Contains(res.recvErr.Error(), want) {
+			t.Errorf("Receive: %v, want an error containing %q", res.recvErr, want)
+		}
+		if res.err == nil || !strings.Contains(res.err.Error(), want) {
+			t.Errorf("Send: %v, want the destination's reason %q", res.err, want)
+		}
+		if tgt.restored || tgt.resumed || src.resumes != 1 || src.stopped || res.rep.Verified {
+			t.Errorf("after a failed verification: restored=%v resumed=%v, source resumes=%d stopped=%v verified=%v; want the guest back on the source only",
+				tgt.restored, tgt.resumed, src.resumes, src.stopped, res.rep.Verified)
+		}
+	})
+	t.Run("target-cannot-read", func(t *testing.T) {
+		src := newFakeSource(twoRegions)
+		tgt := newFakeTarget()
+		res := migrate(t, src, writeOnlyTarget{tgt}, Options{Verify: true, Clock: simulated(src)}, ReceiveOptions{}, nil, nil)
+		if res.recvErr == nil || !strings.Contains(res.recvErr.Error(), "cannot read back") || src.resumes != 1 {
+			t.Errorf("Receive: %v (source resumed %d times), want a refusal to verify and the guest back on the source", res.recvErr, src.resumes)
+		}
+	})
+	t.Run("without", func(t *testing.T) {
+		src := newFakeSource(twoRegions)
+		src.loseWrite = twoRegions[0].Start + PageSize
+		tgt := newFakeTarget()
+		res := migrate(t, src, tgt, Options{Clock: simulated(src)}, ReceiveOptions{}, nil, nil)
+		if res.err != nil || res.recvErr != nil || res.rep.Verified || res.rrep.Verified {
+			t.Errorf("without Verify: Send %v, Receive %v, verified %v/%v; want success, unverified (the lost write goes unnoticed)",
+				res.err, res.recvErr, res.rep.Verified, res.rrep.Verified)
+		}
+	})
+}
+
+// writeOnlyTarget hides fakeTarget's ReadPage.
+type writeOnlyTarget struct{ Target }

@@ -46,6 +46,7 @@ type receiver struct {
 	round    uint32 // the round being received, from 1
 	inRound  uint64 // page entries received in this round
 	sawRound bool   // at least one round has ended
+	verified bool   // a Verify message matched
 }
 
 // Receive builds the migrated VM in tgt from conn and, once the source
@@ -130,6 +131,10 @@ func (rv *receiver) run() error {
 			if err := rv.roundEnd(p); err != nil {
 				return err
 			}
+		case rv.state == receiveMemory && t == msgVerify:
+			if err := rv.verify(p); err != nil {
+				return err
+			}
 		case rv.state == receiveMemory && t == msgState:
 			if err := rv.restore(p); err != nil {
 				return err
@@ -184,6 +189,7 @@ func (rv *receiver) hello(p []byte) error {
 	}
 	rv.idx = newPageIndex(h.layout)
 	rv.written = newBitmap(rv.idx.total)
+	rv.fr.maxVerify = verifyPayloadSize(rv.idx.total)
 	rv.report.Source = h.name
 	rv.report.GuestRAM = total
 	return nil
@@ -259,6 +265,49 @@ func (rv *receiver) roundEnd(p []byte) error {
 	rv.round++
 	rv.inRound = 0
 	rv.sawRound = true
+	return nil
+}
+
+// verify compares every page with the source's checksum (Options.Verify),
+// and fails the migration if any differs.
+//
+// UNTRUSTED: the count must be the layout's; the checksums are only
+// compared.
+func (rv *receiver) verify(p []byte) error {
+	if !rv.sawRound || rv.inRound != 0 || rv.verified {
+		return errors.New("Verify message before the last round ended, or twice")
+	}
+	if missing := rv.idx.total - rv.written.count(); missing != 0 {
+		return fmt.Errorf("Verify message with %d pages never received", missing)
+	}
+	if len(p) != verifyPayloadSize(rv.idx.total) || uint64(binary.BigEndian.Uint32(p)) != rv.idx.total {
+		return fmt.Errorf("Verify message of %d bytes for %d pages of RAM", len(p), rv.idx.total)
+	}
+	reader, ok := rv.tgt.(PageReader)
+	if !ok {
+		return errors.New("the source asked to verify memory, which this destination cannot read back")
+	}
+	page := make([]byte, PageSize)
+	var differ []uint64
+	count := 0
+	for n := uint64(0); n < rv.idx.total; n++ {
+		gpa := rv.idx.gpa(n)
+		if err := reader.ReadPage(gpa, page); err != nil {
+			return fmt.Errorf("reading back page %#x: %w", gpa, err)
+		}
+		if pageCRC(page) != binary.BigEndian.Uint32(p[4+4*n:]) {
+			count++
+			if len(differ) < 16 {
+				differ = append(differ, gpa)
+			}
+		}
+	}
+	if count > 0 {
+		return fmt.Errorf("memory verification failed: %d pages differ from the source's after the final round (at %#x): "+
+			"writes the source's dirty log did not report", count, differ)
+	}
+	rv.verified = true
+	rv.report.Verified = true
 	return nil
 }
 

@@ -31,8 +31,11 @@ type sender struct {
 	guard    *guard
 	fw       frameWriter
 	idx      *pageIndex
-	toSend   bitmap // pages this round must send
-	pending  bitmap // pages dirtied since this round began
+	toSend   bitmap      // pages this round must send
+	pending  bitmap      // pages dirtied since this round began, as harvested so far
+	peeker   DirtyPeeker // nil: the skip rule drains DirtyPages into pending instead
+	seen     bitmap      // with a peeker: pages its latest peek saw dirty this round
+	unpeeked int         // pages sent since the latest peek
 	replies  chan reply
 	done     chan struct{}          // closed when Send returns
 	exited   chan struct{}          // closed when readReplies returns
@@ -87,6 +90,9 @@ func Send(ctx context.Context, conn io.ReadWriter, src Source, opts Options, pro
 	s.idx = newPageIndex(layout)
 	s.toSend = newBitmap(s.idx.total)
 	s.pending = newBitmap(s.idx.total)
+	if p, ok := src.(DirtyPeeker); ok {
+		s.peeker, s.seen = p, newBitmap(s.idx.total)
+	}
 
 	stopWatching := s.guard.onCancel(ctx)
 	defer stopWatching()
@@ -178,6 +184,11 @@ func (s *sender) run(ctx context.Context, layout []Region, progress func(Round))
 	}
 	s.report.Rounds = append(s.report.Rounds, r)
 	progress(r)
+	if s.o.Verify {
+		if err := s.sendVerify(); err != nil {
+			return s.abort(ctx, s.cause(ctx, err))
+		}
+	}
 	s.report.StateBytes = len(blob)
 	if _, err := s.fw.writeMsgArmed(s.guard, msgState, blob); err != nil {
 		return s.abort(ctx, s.cause(ctx, fmt.Errorf("sending the machine state: %w", err)))
@@ -185,6 +196,7 @@ func (s *sender) run(ctx context.Context, layout []Region, progress func(Round))
 	if err := s.await(ctx, msgRestored); err != nil {
 		return s.abort(ctx, err)
 	}
+	s.report.Verified = s.o.Verify // the destination restores only memory that matched
 
 	// Commit. Until Go has left whole, the destination cannot run the
 	// guest, so any failure resumes it here. Once it has, only an answer
@@ -237,6 +249,7 @@ func (s *sender) sendRound(ctx context.Context, number int, final bool) (Round, 
 		if err := s.finish(); err != nil {
 			return fmt.Errorf("sending round %d: %w", number, err)
 		}
+		sent := batch
 		batch = 0
 		if final {
 			return nil
@@ -244,10 +257,13 @@ func (s *sender) sendRound(ctx context.Context, number int, final bool) (Round, 
 		if err := s.pace(ctx, start, s.fw.n-wireStart); err != nil {
 			return err
 		}
-		return s.pollDirty(s.pending)
+		return s.lookAtDirty(sent)
+	}
+	if s.peeker != nil {
+		s.seen.clear() // nothing harvested since the round began: nothing seen yet
 	}
 	for p, ok := s.toSend.next(0); ok; p, ok = s.toSend.next(p + 1) {
-		if !final && s.pending.has(p) {
+		if !final && s.dirtyAgain(p) {
 			r.PagesSkipped++
 			continue
 		}
@@ -363,6 +379,66 @@ func (s *sender) pace(ctx context.Context, start time.Time, sent uint64) error {
 		if err := s.o.Clock.Sleep(ctx, d); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// sendVerify sends the CRC-32C of every page, in layout order (see
+// Verify in wire.go). The guest is paused, so RAM no longer changes.
+func (s *sender) sendVerify() error {
+	payload := make([]byte, 4, verifyPayloadSize(s.idx.total))
+	binary.BigEndian.PutUint32(payload, uint32(s.idx.total))
+	page := make([]byte, PageSize)
+	for n := uint64(0); n < s.idx.total; n++ {
+		gpa := s.idx.gpa(n)
+		if err := s.src.ReadPage(gpa, page); err != nil {
+			return fmt.Errorf("reading guest page %#x to verify it: %w", gpa, err)
+		}
+		payload = binary.BigEndian.AppendUint32(payload, pageCRC(page))
+	}
+	if _, err := s.fw.writeMsgArmed(s.guard, msgVerify, payload); err != nil {
+		return fmt.Errorf("sending Verify: %w", err)
+	}
+	return nil
+}
+
+// dirtyAgain reports whether page p was written again during this round,
+// as far as the dirty log has been looked at (the writable-working-set
+// rule).
+func (s *sender) dirtyAgain(p uint64) bool {
+	if s.peeker != nil {
+		return s.seen.has(p)
+	}
+	return s.pending.has(p)
+}
+
+// lookAtDirty brings the skip rule's view of this round's writes up to
+// date after a batch of sent pages: with a peeker, a peek every PeekEvery
+// pages; without one, a drain of DirtyPages into pending after every
+// batch.
+func (s *sender) lookAtDirty(sent int) error {
+	if s.peeker == nil {
+		return s.pollDirty(s.pending)
+	}
+	if s.unpeeked += sent; s.unpeeked < PeekEvery {
+		return nil
+	}
+	s.unpeeked = 0
+	gpas, ok, err := s.peeker.PeekDirtyPages()
+	if err != nil {
+		return fmt.Errorf("peeking at the dirty log: %w", err)
+	}
+	if !ok { // cannot peek after all: drain from now on
+		s.peeker = nil
+		return s.pollDirty(s.pending)
+	}
+	s.seen.clear()
+	for _, gpa := range gpas {
+		p, err := s.idx.index(gpa)
+		if err != nil {
+			return fmt.Errorf("the dirty log: %w", err)
+		}
+		s.seen.set(p)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package migration
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -32,8 +33,12 @@ const (
 	MaxRegions = 64
 	// MaxBatchPages bounds one Pages message (1 MiB of page data): large
 	// enough that the per-message overhead is noise, small enough that the
-	// rate limiter and the dirty-log polling run often.
+	// rate limiter runs often.
 	MaxBatchPages = 256
+	// PeekEvery is how many pages Send sends between two peeks at the
+	// dirty log (DirtyPeeker) for the writable-working-set rule: 4 MiB,
+	// Xen's batch between two XEN_DOMCTL_SHADOW_OP_PEEKs.
+	PeekEvery = 1024
 	// maxNameLen bounds the source's name in Hello.
 	maxNameLen = 255
 	// maxErrorLen bounds the text of an Error message.
@@ -53,6 +58,7 @@ const (
 	msgRoundEnd msgType = 0x03 // end of a round: round number, pages in it
 	msgState    msgType = 0x04 // the machine's opaque state blob
 	msgGo       msgType = 0x05 // commit: the destination may now run the guest
+	msgVerify   msgType = 0x06 // CRC-32C of every page after the final round (Options.Verify)
 )
 
 // Destination → source.
@@ -77,6 +83,8 @@ func (t msgType) String() string {
 		return "State"
 	case msgGo:
 		return "Go"
+	case msgVerify:
+		return "Verify"
 	case msgAccept:
 		return "Accept"
 	case msgRestored:
@@ -117,8 +125,12 @@ const (
 
 // maxPayload is the largest payload the receiver of a message accepts.
 // maxState is the receiver's limit on the state blob.
-func maxPayload(t msgType, maxState int) (int, bool) {
+// maxVerify is the Verify payload for the layout announced in Hello (0
+// before Hello).
+func maxPayload(t msgType, maxState, maxVerify int) (int, bool) {
 	switch t {
+	case msgVerify:
+		return maxVerify, true
 	case msgHello:
 		return 4 + 4 + MaxRegions*16 + 2 + maxNameLen, true
 	case msgPages:
@@ -194,11 +206,12 @@ func (fw *frameWriter) writeError(err error) error {
 
 // frameReader reads frames into a reused buffer.
 type frameReader struct {
-	r        io.Reader
-	hdr      [frameHeader]byte
-	buf      []byte
-	n        uint64 // bytes read so far
-	maxState int
+	r         io.Reader
+	hdr       [frameHeader]byte
+	buf       []byte
+	n         uint64 // bytes read so far
+	maxState  int
+	maxVerify int // a Verify payload for the announced layout; set after Hello
 }
 
 // errClosed is returned (wrapped) when the peer closes the connection
@@ -220,7 +233,7 @@ func (fr *frameReader) readFrame() (msgType, []byte, error) {
 	fr.n += frameHeader
 	t := msgType(fr.hdr[0])
 	length := binary.BigEndian.Uint32(fr.hdr[1:])
-	limit, ok := maxPayload(t, fr.maxState)
+	limit, ok := maxPayload(t, fr.maxState, fr.maxVerify)
 	if !ok {
 		return 0, nil, fmt.Errorf("unknown message type %#02x (corrupt stream or a newer protocol)", fr.hdr[0])
 	}
@@ -409,3 +422,28 @@ func parseRoundEnd(p []byte) (round uint32, pages uint64, err error) {
 	}
 	return binary.BigEndian.Uint32(p), binary.BigEndian.Uint64(p[4:]), nil
 }
+
+// Verify (Options.Verify) lets the destination check, before it restores
+// anything, that its copy of guest RAM is the source's to the bit: the
+// source sends, after the final round, a CRC-32C of every page in layout
+// order, computed while the guest is paused.
+//
+//	count u32 | count × crc u32
+//
+// A page that differs means a write the dirty log never reported, by the
+// guest (KVM) or by the VMM (a device that forgot MarkDirty): exactly the
+// bugs that otherwise show up minutes later as a guest that crashes on the
+// destination for no visible reason.
+func verifyPayloadSize(pages uint64) int { return 4 + 4*int(pages) }
+
+// pageCRC is the checksum Verify carries for one page. Most of an idle
+// guest's RAM is zeroes, and comparing with zeroPage is far cheaper than a
+// CRC (much more so under TCG, which emulates the CRC32 instruction).
+func pageCRC(page []byte) uint32 {
+	if bytes.Equal(page, zeroPage[:]) {
+		return zeroPageCRC
+	}
+	return crc32.Checksum(page, castagnoli)
+}
+
+var zeroPageCRC = crc32.Checksum(zeroPage[:], castagnoli)

@@ -207,6 +207,46 @@ func (vm *VM) DirtyLog() ([]DirtyBitmap, error) {
 	return out, nil
 }
 
+// PeekDirtyLog returns, like DirtyLog, the pages written since
+// StartDirtyLog or the previous DirtyLog, but clears nothing and
+// write-protects nothing: the guest keeps writing those pages at full
+// speed, and the next DirtyLog reports them again. It exists for pre-copy's
+// writable-working-set rule, which asks "has this page changed again since
+// the round began?" many times per round (Xen peeks at its log the same
+// way, XEN_DOMCTL_SHADOW_OP_PEEK). Harvesting for that with DirtyLog
+// would re-protect the guest's hot pages every time, each costing the
+// guest a fault on its next write, and flush its TLB.
+//
+// Only KVM's manual mode can peek: there KVM_GET_DIRTY_LOG merely copies
+// the bitmap (api.rst KVM_GET_DIRTY_LOG). Without it ok is false and the
+// caller must use DirtyLog.
+func (vm *VM) PeekDirtyLog() (bitmaps []DirtyBitmap, ok bool, err error) {
+	vm.dirty.mu.Lock()
+	defer vm.dirty.mu.Unlock()
+	if !vm.dirty.on {
+		return nil, false, errors.New("dirty logging is off: call StartDirtyLog first")
+	}
+	if !vm.dirty.manual {
+		return nil, false, nil
+	}
+	out := make([]DirtyBitmap, 0, len(vm.Memory.regions))
+	for i, r := range vm.Memory.regions {
+		pages := r.Size / PageSize
+		b := DirtyBitmap{Start: r.Start, Pages: pages, Bits: make([]uint64, (pages+63)/64)}
+		get := dirtyLog{Slot: uint32(i), Bitmap: uint64sAddress(b.Bits)}
+		_, err := ioctlPtr(vm.fd, kvmGetDirtyLog, &get)
+		runtime.KeepAlive(b.Bits)
+		if err != nil {
+			return nil, false, fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: %w", i, err)
+		}
+		for j := range b.Bits {
+			b.Bits[j] |= vm.Memory.vmmDirty[i][j].Load()
+		}
+		out = append(out, b)
+	}
+	return out, true, nil
+}
+
 // setSlotFlags re-registers every memory slot with the same placement and
 // new flags (api.rst KVM_SET_USER_MEMORY_REGION: "When changing an existing
 // slot, it may be moved in the guest physical memory space, or its flags may

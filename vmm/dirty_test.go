@@ -38,6 +38,24 @@ func dirtySet(t *testing.T, vm *vmm.VM) []vmm.GPA {
 	return out
 }
 
+// peekSet flattens PeekDirtyLog's bitmaps; it checks that only manual
+// mode can peek, and returns nil in plain mode.
+func peekSet(t *testing.T, vm *vmm.VM, manual bool) []vmm.GPA {
+	t.Helper()
+	bitmaps, ok, err := vm.PeekDirtyLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok != manual {
+		t.Fatalf("PeekDirtyLog ok = %v with manual-protect mode %v", ok, manual)
+	}
+	var out []vmm.GPA
+	for _, b := range bitmaps {
+		out = append(out, b.GPAs()...)
+	}
+	return out
+}
+
 func wantDirty(t *testing.T, what string, got []vmm.GPA, want ...vmm.GPA) {
 	t.Helper()
 	slices.Sort(want)
@@ -93,7 +111,18 @@ func testDirtyLog(t *testing.T, manual bool) {
 		t.Fatal(err)
 	}
 	g.waitBell(t, 1)
+	// A peek sees the round's pages and clears nothing: a second peek,
+	// and then the harvest, see them again.
+	if manual {
+		wantDirty(t, "peek in round 1", peekSet(t, vm, manual), append(round1, testguest.Mailbox)...)
+		wantDirty(t, "second peek in round 1", peekSet(t, vm, manual), append(round1, testguest.Mailbox)...)
+	} else {
+		peekSet(t, vm, manual)
+	}
 	wantDirty(t, "round 1", dirtySet(t, vm), append(round1, testguest.Mailbox)...)
+	if manual {
+		wantDirty(t, "peek after the harvest", peekSet(t, vm, manual))
+	}
 	for _, p := range round1 {
 		if v := page(t, mem, p); v != 1 {
 			t.Errorf("page %#x holds %d after round 1, want 1", p, v)
@@ -119,8 +148,11 @@ func testDirtyLog(t *testing.T, manual bool) {
 	mem.MarkDirty(0x1000000+15*vmm.PageSize, 1<<62) // past the region's end: its last page
 	mem.MarkDirty(^vmm.GPA(0), 1<<63)               // overflow-prone values
 	mem.MarkDirty(dataPage(50), 0)                  // empty
-	wantDirty(t, "VMM writes", dirtySet(t, vm), dataPage(100),
-		0x1000000+2*vmm.PageSize, 0x1000000+3*vmm.PageSize, 0x1000000+15*vmm.PageSize)
+	vmmWrites := []vmm.GPA{dataPage(100), 0x1000000 + 2*vmm.PageSize, 0x1000000 + 3*vmm.PageSize, 0x1000000 + 15*vmm.PageSize}
+	if manual {
+		wantDirty(t, "peek at VMM writes", peekSet(t, vm, manual), vmmWrites...)
+	}
+	wantDirty(t, "VMM writes", dirtySet(t, vm), vmmWrites...)
 
 	// Round 2 rewrites a page of round 1 and two new ones: pages are
 	// reported again once re-dirtied.

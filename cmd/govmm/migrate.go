@@ -87,12 +87,14 @@ func migrateCommand() *cli.Command {
 			&cli.IntFlag{Name: "max-rounds", Value: migration.DefaultMaxRounds, Usage: "most rounds, the final stop-and-copy included"},
 			&cli.BoolFlag{Name: "adaptive", Usage: "Xen's adaptive rate: start at 100 Mbit/s, then dirty rate + 50 Mbit/s per round"},
 			&cli.StringFlag{Name: "json", Usage: "write the migration report as JSON to this file (- for stdout)"},
+			&cli.BoolFlag{Name: "verify", Usage: "have the destination compare guest RAM with the source's, page by page, before it resumes the guest (costs downtime; for debugging)"},
 		},
 		Action: func(c *cli.Context) error {
 			req, err := migrateRequest(c.String("to"), c.String("max-bandwidth"), c.Duration("downtime-limit"), c.Int("max-rounds"), c.Bool("adaptive"))
 			if err != nil {
 				return err
 			}
+			req.Verify = c.Bool("verify")
 			api := c.String("api")
 			if api == "" {
 				if api, err = findAPI(); err != nil {
@@ -182,6 +184,9 @@ func summary(rep *migration.Report) string {
 	fmt.Fprintf(&b, "total %v, downtime %v, %.1f MiB on the wire for %d MiB of guest RAM (%.2fx), stopped iterating: %s\n",
 		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Millisecond), float64(rep.WireBytes)/mib,
 		rep.GuestRAM/mib, ratio, rep.StopReason)
+	if rep.Verified {
+		fmt.Fprintln(&b, "verified: the destination's RAM matched the source's, page by page")
+	}
 	return b.String()
 }
 

@@ -102,6 +102,7 @@ func (v *liveVM) Migrate(ctx context.Context, req control.MigrateRequest, progre
 		StartBandwidth: req.StartBandwidth,
 		DowntimeLimit:  time.Duration(req.DowntimeLimitMS) * time.Millisecond,
 		MaxRounds:      req.MaxRounds,
+		Verify:         req.Verify,
 		Name:           fmt.Sprintf("%s pid %d", host, os.Getpid()),
 	}
 	report, err := migration.Send(ctx, conn, v.m.MigrationSource(), opts, progress)

@@ -67,6 +67,7 @@ type MigrateRequest struct {
 	MaxBandwidth    int64  `json:"max_bandwidth,omitempty"`     // bytes/s; -1 unlimited
 	DowntimeLimitMS int64  `json:"downtime_limit_ms,omitempty"` // estimated downtime to aim for
 	MaxRounds       int    `json:"max_rounds,omitempty"`        // including the stop-and-copy round
+	Verify          bool   `json:"verify,omitempty"`            // check RAM page by page on the destination (migration.Options.Verify)
 	Adaptive        bool   `json:"adaptive,omitempty"`          // Xen's adaptive rate limit
 	StartBandwidth  int64  `json:"start_bandwidth,omitempty"`   // first limit when adaptive
 }

@@ -41,13 +41,27 @@ func (s *source) DirtyPages() ([]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
+	return gpasOf(bitmaps), nil
+}
+
+// PeekDirtyPages makes the source a migration.DirtyPeeker, through KVM's
+// manual dirty-log mode (vmm.VM.PeekDirtyLog).
+func (s *source) PeekDirtyPages() ([]uint64, bool, error) {
+	bitmaps, ok, err := s.m.VM.PeekDirtyLog()
+	if err != nil || !ok {
+		return nil, ok, err
+	}
+	return gpasOf(bitmaps), true, nil
+}
+
+func gpasOf(bitmaps []vmm.DirtyBitmap) []uint64 {
 	var out []uint64
 	for _, b := range bitmaps {
 		for _, gpa := range b.GPAs() {
 			out = append(out, uint64(gpa))
 		}
 	}
-	return out, nil
+	return out
 }
 
 // Pause stops the guest for the final round, and hands a shared network
@@ -125,6 +139,13 @@ func (d *Destination) WritePage(gpa uint64, data []byte) error {
 		data = d.zero[:]
 	}
 	_, err := d.m.VM.Memory.WriteAt(data, int64(gpa))
+	return err
+}
+
+// ReadPage reads back a page of guest RAM, for migration.Options.Verify
+// (it makes Destination a migration.PageReader).
+func (d *Destination) ReadPage(gpa uint64, buf []byte) error {
+	_, err := d.m.VM.Memory.ReadAt(buf[:migration.PageSize], int64(gpa))
 	return err
 }
 
