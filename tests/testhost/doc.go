@@ -45,6 +45,9 @@
 //	GOVMM_TESTHOST         qemu, direct or auto (default auto)
 //	GOVMM_TESTHOST_GOVMM   use this prebuilt static govmm instead of building it
 //	GOVMM_SKIP_TESTHOST=1  skip TestLinuxInTestHost (quick unit runs)
+//	GOVMM_TESTHOST_CPUS    the test host's vCPUs for TestLinuxInTestHost (default 2)
+//	GOVMM_TESTHOST_RUN     only the scenarios matching this regexp (go test -run)
+//	GOVMM_TESTHOST_SKIP    not the scenarios matching this regexp (go test -skip)
 //
 // Running: `go test ./tests/testhost -run TestLinuxInTestHost -v` runs every
 // scenario once; cmd/testhost runs one by hand with the console live
