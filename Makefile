@@ -54,20 +54,25 @@ unit:
 # guests on this host's /dev/kvm), then the Linux scenarios in the test
 # host on their own, so that no other test competes with QEMU for the CPU.
 #
-# The scenarios that migrate a Linux guest run in a second, one-CPU test
-# host. With two, QEMU runs the test host's CPUs on two threads (MTTCG),
-# and the test host's KVM updating the guest's nested page tables on one
-# CPU (dirty logging, zaps) races with TCG emulating the guest's page walks
-# on the other: now and then the guest takes a page fault it cannot
-# deliver and triple-faults, or comes back with a corrupted CR3 (measured:
+# The scenarios that migrate a busy Linux guest run in a second, one-CPU
+# test host. With two, a dirty-logging guest now and then takes a page
+# fault it cannot deliver and triple-faults, or comes back with a corrupted
+# CR3. The likely cause: QEMU runs the test host's CPUs on two threads
+# (MTTCG), and the test host's KVM updating the guest's nested page tables
+# on one CPU races with TCG emulating the guest's page walks on the other,
+# which one CPU rules out (measured:
 # in one two-CPU run, TestMigrateDirtier triple-faulted in round 2 and
 # TestMigratePingPong's source showed CR3 0x104ed2000 in a 512 MiB guest;
-# in one-CPU runs all of them passed). The other scenarios keep two CPUs:
-# they are twice as fast there and do not log dirty pages.
+# in one-CPU runs all four passed). The other scenarios keep two CPUs,
+# where they are twice as fast. TestMigrateWithDisk stays with them: its
+# guest writes its disk but little memory, and in the one run it had in a
+# one-CPU test host it did not finish in 30 minutes: the guest's writer was
+# still acknowledging records (past 980) on the destination when the run
+# was cut, so the test never got to stop it. Not understood yet.
 #
 # GOVMM_REQUIRE_TOOLS=1 turns a test's missing tool (nbdkit, qemu-nbd,
 # mkfs.ext4) from a skip into a failure: make deps installs them all.
-MIGRATION_SCENARIOS := TestMigrateDirtier|TestMigratePingPong|TestMigrateDestinationKilled|TestMigrateKeepsTCPConnection|TestMigrateWithDisk
+MIGRATION_SCENARIOS := TestMigrateDirtier|TestMigratePingPong|TestMigrateDestinationKilled|TestMigrateKeepsTCPConnection
 
 test: deps vet
 	K=$$(tests/fetch-kernel.sh cloud) && \
