@@ -178,33 +178,7 @@ func (vm *VM) DirtyLog() ([]DirtyBitmap, error) {
 	if !vm.dirty.on {
 		return nil, errors.New("dirty logging is off: call StartDirtyLog first")
 	}
-	out := make([]DirtyBitmap, 0, len(vm.Memory.regions))
-	for i, r := range vm.Memory.regions {
-		pages := r.Size / PageSize
-		b := DirtyBitmap{Start: r.Start, Pages: pages, Bits: make([]uint64, (pages+63)/64)}
-		get := dirtyLog{Slot: uint32(i), Bitmap: uint64sAddress(b.Bits)}
-		_, err := ioctlPtr(vm.fd, kvmGetDirtyLog, &get)
-		runtime.KeepAlive(b.Bits)
-		if err != nil {
-			return nil, fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: %w", i, err)
-		}
-		if vm.dirty.manual && b.Count() > 0 {
-			// Re-protect exactly the pages we are about to report. The
-			// whole slot in one call: first_page 0 is 64-aligned and the
-			// range ends at the slot's end, as api.rst requires.
-			clr := clearDirtyLog{Slot: uint32(i), NumPages: uint32(pages), Bitmap: uint64sAddress(b.Bits)}
-			_, err := ioctlPtr(vm.fd, kvmClearDirtyLog, &clr)
-			runtime.KeepAlive(b.Bits)
-			if err != nil {
-				return nil, fmt.Errorf("KVM_CLEAR_DIRTY_LOG slot %d: %w", i, err)
-			}
-		}
-		for j := range b.Bits {
-			b.Bits[j] |= vm.Memory.vmmDirty[i][j].Swap(0)
-		}
-		out = append(out, b)
-	}
-	return out, nil
+	return vm.readDirtyLog(true)
 }
 
 // PeekDirtyLog returns, like DirtyLog, the pages written since
@@ -229,6 +203,16 @@ func (vm *VM) PeekDirtyLog() (bitmaps []DirtyBitmap, ok bool, err error) {
 	if !vm.dirty.manual {
 		return nil, false, nil
 	}
+	bitmaps, err = vm.readDirtyLog(false)
+	return bitmaps, err == nil, err
+}
+
+// readDirtyLog reads KVM's log and the VMM's for every slot. With harvest
+// it starts a new interval: in manual mode it re-protects the pages it
+// reports (KVM_CLEAR_DIRTY_LOG; in plain mode KVM_GET_DIRTY_LOG did that
+// already) and it clears the VMM's bits. Without, it only copies (manual
+// mode only). Called with vm.dirty.mu held and logging on.
+func (vm *VM) readDirtyLog(harvest bool) ([]DirtyBitmap, error) {
 	out := make([]DirtyBitmap, 0, len(vm.Memory.regions))
 	for i, r := range vm.Memory.regions {
 		pages := r.Size / PageSize
@@ -237,14 +221,29 @@ func (vm *VM) PeekDirtyLog() (bitmaps []DirtyBitmap, ok bool, err error) {
 		_, err := ioctlPtr(vm.fd, kvmGetDirtyLog, &get)
 		runtime.KeepAlive(b.Bits)
 		if err != nil {
-			return nil, false, fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: %w", i, err)
+			return nil, fmt.Errorf("KVM_GET_DIRTY_LOG slot %d: %w", i, err)
+		}
+		if harvest && vm.dirty.manual && b.Count() > 0 {
+			// Re-protect exactly the pages we are about to report. The
+			// whole slot in one call: first_page 0 is 64-aligned and the
+			// range ends at the slot's end, as api.rst requires.
+			clr := clearDirtyLog{Slot: uint32(i), NumPages: uint32(pages), Bitmap: uint64sAddress(b.Bits)}
+			_, err := ioctlPtr(vm.fd, kvmClearDirtyLog, &clr)
+			runtime.KeepAlive(b.Bits)
+			if err != nil {
+				return nil, fmt.Errorf("KVM_CLEAR_DIRTY_LOG slot %d: %w", i, err)
+			}
 		}
 		for j := range b.Bits {
-			b.Bits[j] |= vm.Memory.vmmDirty[i][j].Load()
+			if harvest {
+				b.Bits[j] |= vm.Memory.vmmDirty[i][j].Swap(0)
+			} else {
+				b.Bits[j] |= vm.Memory.vmmDirty[i][j].Load()
+			}
 		}
 		out = append(out, b)
 	}
-	return out, true, nil
+	return out, nil
 }
 
 // setSlotFlags re-registers every memory slot with the same placement and
